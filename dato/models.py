@@ -1,0 +1,86 @@
+"""ldm UNets to run the engine on when no Stable Diffusion weights are at hand.
+
+``sd15_unet_config`` is the UNet of SD1.x's ``v1-inference.yaml``; ``tiny_unet_config``
+keeps its block topology (12 input blocks, middle, 12 output blocks, attention at
+downsample 1/2/4) at a size tests can run in milliseconds. ``randomize_zero_init``
+re-randomises the weights ldm initialises to zero (output convs, proj_out):
+with them at zero every block is an identity and no patch could be seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["sd15_unet_config", "tiny_unet_config", "build_unet", "randomize_zero_init", "load_unet_from_checkpoint"]
+
+
+def sd15_unet_config() -> dict[str, Any]:
+    """``model.params.unet_config.params`` of SD1.x ``v1-inference.yaml`` (860M parameters)."""
+    return dict(
+        image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+        num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True,
+        transformer_depth=1, context_dim=768, use_checkpoint=False, legacy=False,
+    )
+
+
+def tiny_unet_config(model_channels: int = 32, context_dim: int = 32, in_channels: int = 4) -> dict[str, Any]:
+    """SD1's block topology at toy size."""
+    return dict(
+        image_size=16, in_channels=in_channels, out_channels=in_channels, model_channels=model_channels,
+        attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_head_channels=8,
+        use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim, use_checkpoint=False,
+        legacy=False,
+    )
+
+
+def build_unet(config: Mapping[str, Any], seed: int = 0, randomize: bool = True,
+               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A real ldm ``UNetModel`` with seeded random weights, in eval mode."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    torch.manual_seed(seed)
+    unet = UNetModel(**dict(config))
+    if randomize:
+        randomize_zero_init(unet, seed)
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def randomize_zero_init(unet: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Give every all-zero weight (ldm's ``zero_module``) small random values."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    for param in unet.parameters():
+        if param.dim() > 1 and not param.any():
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+        elif param.dim() == 1 and not param.any():
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None,
+                              dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The UNet of an SD1.x ``.safetensors``/``.ckpt`` (keys ``model.diffusion_model.*``)."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    prefix = "model.diffusion_model."
+    unet_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not unet_state:
+        raise ValueError(f"{path}: no 'model.diffusion_model.*' weights; is this an SD1.x checkpoint?")
+    if "input_blocks.1.1.proj_in.weight" in unet_state and unet_state["input_blocks.1.1.proj_in.weight"].dim() == 2:
+        raise ValueError(f"{path}: looks like SD2.x (linear proj_in); pass its UNet config explicitly")
+    with torch.device("meta"):
+        unet = UNetModel(**dict(config or sd15_unet_config()))
+    missing, unexpected = unet.load_state_dict(unet_state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{path}: UNet weights do not match the config (missing {len(missing)}, "
+                         f"unexpected {len(unexpected)}; e.g. {(missing or unexpected)[:3]})")
+    return unet.to(dtype).eval().requires_grad_(False)
