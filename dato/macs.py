@@ -23,6 +23,7 @@ from .schedule import FULL, REUSE, Schedule
 __all__ = ["UNetCost", "trace_unet_cost"]
 
 _ROLE_RE = re.compile(r"^(input_blocks\.(\d+)|middle_block|output_blocks\.(\d+)|out|time_embed|label_emb)")
+_CONTEXT_LINEAR_RE = re.compile(r"attn2\.to_[kv]$")
 _ATTN1_RE = re.compile(r"transformer_blocks\.\d+\.attn1(\.|$)")
 
 
@@ -151,6 +152,7 @@ def _trace(unet: torch.nn.Module, context_len: int, trace_size: int) -> UNetCost
     def hook_for(name: str, module: torch.nn.Module):
         role = _role_of(name)
         attn1_part = ""
+        on_context = bool(_CONTEXT_LINEAR_RE.search(name))
         m = _ATTN1_RE.search(name)
         if m:
             tail = name[m.end():]
@@ -165,8 +167,11 @@ def _trace(unet: torch.nn.Module, context_len: int, trace_size: int) -> UNetCost
                 ops.append(_Op(role, "conv", per, trace_size // output.shape[-2], "", 0, mod.in_channels))
             elif isinstance(mod, torch.nn.Linear):
                 tokens = output.shape[1] if output.dim() == 3 else 0
-                ds = _ds_from_tokens(tokens, trace_size) if tokens else 0
                 per = mod.in_features * mod.out_features
+                if on_context:  # cross-attention keys/values: as many as the prompt has, whatever the image size
+                    ds, per = 0, per * tokens
+                else:
+                    ds = _ds_from_tokens(tokens, trace_size) if tokens else 0
                 ops.append(_Op(role, "linear", per, ds, attn1_part, 0, mod.in_features))
             else:  # attention module: count QK^T and AV
                 x = args[0]

@@ -1,0 +1,40 @@
+"""``python -m dato <command>``: the engine's headless entry points.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; this file only dispatches, so a command's imports (pymoo,
+ImageReward, ...) are paid only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "bench": ("dato.bench", "time and count MACs of every method and preset against the baseline"),
+    "search": ("dato.search.cli", "NSGA-II schedule search on a checkpoint or the built-in model"),
+    "quality": ("dato.quality", "quality-vs-speed table on the trained fixture model"),
+    "schedules": ("dato.schedule_cli", "list, show and validate schedule files"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dato", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(module_name.split(".")[0] + "."):
+                continue  # command not shipped in this build
+            raise
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    return int(modules[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
