@@ -466,13 +466,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", help="an SD1.x .safetensors/.ckpt; default: built-in SD1.5-architecture UNet, "
                                        "random weights")
     parser.add_argument("--model", choices=("sd15", "tiny"), default="sd15", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--size", type=int, help="image size in pixels (default 512; 128 with --quick)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default 50; 10 with --quick)")
     parser.add_argument("--sampler", choices=("euler", "ddim"), default="euler")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each kind of step (median)")
+    parser.add_argument("--repeats", type=int, help="timed repeats of each kind of step (median; default 3, 1 with "
+                                                    "--quick)")
     parser.add_argument("--attention", choices=("ldm", "sdpa", "both"), default="both")
-    parser.add_argument("--fidelity-size", type=int, default=128,
-                        help="pixel size of the real sampling runs that measure rel-L2 to the baseline")
+    parser.add_argument("--fidelity-size", type=int,
+                        help="pixel size of the real sampling runs that measure rel-L2 to the baseline (default 128)")
     parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity sampling runs")
     parser.add_argument("--no-confirm", action="store_true", help="skip the end-to-end timing check")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -481,14 +482,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Defaults depend on ``--quick``; anything given explicitly wins."""
+    quick = args.quick
     config = BenchConfig(
-        model=args.ckpt or args.model, size=args.size, steps=args.steps, sampler=args.sampler, repeats=args.repeats,
+        model=args.ckpt or args.model,
+        size=args.size or (128 if quick else 512),
+        steps=args.steps or (10 if quick else 50),
+        sampler=args.sampler,
+        repeats=args.repeats or (1 if quick else 3),
         attention=("ldm", "sdpa") if args.attention == "both" else (args.attention,),
-        fidelity_size=args.fidelity_size, fidelity=not args.no_fidelity, confirm=not args.no_confirm,
-        threads=args.threads, out=args.out, quick=args.quick,
+        fidelity_size=args.fidelity_size or (64 if quick else 128),
+        fidelity=not args.no_fidelity, confirm=not args.no_confirm, threads=args.threads, out=args.out, quick=quick,
     )
-    if args.quick:
-        config.size, config.steps, config.repeats, config.fidelity_size = 128, 10, 1, 64
     if config.size % 64 or config.size < 64:
         raise SystemExit(f"--size {config.size}: use a multiple of 64 pixels")
     if config.fidelity_size % 64 or config.fidelity_size < 64:

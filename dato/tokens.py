@@ -110,8 +110,21 @@ class DownsamplePlan:
         return self.size[0] * self.size[1]
 
 
+_PATCH_POSITIONS: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
 def _patch_positions(grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
-    """Token index of each of the 4 cells of every whole 2x2 patch: ``(hp*wp, 4)`` (row-major cells)."""
+    """Token index of each of the 4 cells of every whole 2x2 patch: ``(hp*wp, 4)`` (row-major cells).
+
+    Depends only on the grid, so it is built once per shape and device.
+    """
+    key = (grid_h, grid_w, torch.device(device))
+    if key not in _PATCH_POSITIONS:
+        _PATCH_POSITIONS[key] = _build_patch_positions(grid_h, grid_w, device)
+    return _PATCH_POSITIONS[key]
+
+
+def _build_patch_positions(grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
     hp, wp = grid_h // 2, grid_w // 2
     py = torch.arange(hp, device=device).view(hp, 1, 1, 1)
     px = torch.arange(wp, device=device).view(1, wp, 1, 1)

@@ -1,0 +1,68 @@
+"""The benchmark command end to end on the tiny UNet (structure and arithmetic, never timings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dato import __main__ as cli
+from dato.bench import BenchConfig, build_variants, format_table, run_benchmark, step_kinds
+from dato.schedule import FULL
+
+
+def test_variants_cover_baseline_methods_peer_presets_and_combinations():
+    variants = build_variants(50)
+    names = {v.name for v in variants}
+    assert {"baseline", "prune 0.5", "merge 0.5", "downsample 0.75", "tomesd 0.5", "fast", "dato-reference"} <= names
+    assert any(" + " in n for n in names)
+    assert all(v.schedule.steps == 50 for v in variants)
+    assert step_kinds(variants[0])[0].action == FULL
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    config = BenchConfig(model="tiny", size=128, steps=4, repeats=1, fidelity_size=64, quick=True)
+    lines = []
+    return run_benchmark(config, log=lines.append), lines
+
+
+def test_quick_benchmark_reports_every_variant_against_the_baseline(quick_report):
+    report, lines = quick_report
+    rows = {r["name"]: r for r in report.rows}
+    assert rows["baseline"]["speedup_ldm"] == pytest.approx(1.0)
+    assert rows["baseline"]["speedup_sdpa"] == pytest.approx(1.0)
+    assert rows["baseline"]["macs_speedup"] == pytest.approx(1.0)
+    assert rows["baseline"]["fidelity_rel_l2"] == 0.0
+    assert rows["deepcache-every2-d0"]["macs_speedup"] > 1.0
+    assert rows["prune 0.5"]["fidelity_rel_l2"] > 0.0
+    assert {r["method"] for r in report.token_overhead} == {"prune", "merge", "downsample"}
+    assert report.confirmation["schedule"] == "fast"
+    assert any(line.startswith("[ldm]") for line in lines)  # progress was shown
+    table = format_table(report)
+    assert "baseline" in table and "end-to-end check" in table
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    code = cli.main(["bench", "--model", "tiny", "--quick", "--steps", "3", "--attention", "ldm", "--no-fidelity",
+                     "--no-confirm", "--out", str(tmp_path)])
+    assert code == 0
+    files = list(tmp_path.glob("bench-tiny-*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["rows"][0]["name"] == "baseline"
+    assert "baseline" in capsys.readouterr().out
+
+
+def test_bench_cli_rejects_sizes_the_unet_cannot_take():
+    with pytest.raises(SystemExit, match="multiple of 64"):
+        cli.main(["bench", "--size", "500"])
+
+
+def test_schedules_cli_lists_and_validates(capsys, tmp_path):
+    assert cli.main(["schedules"]) == 0
+    assert "balanced" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "bad", "cache": [0]}')
+    assert cli.main(["schedules", str(bad)]) == 1
+    assert "the first step must be 'full'" in capsys.readouterr().out
