@@ -39,7 +39,8 @@ from .patch import apply_patch, remove_patch, set_step
 from .sampling import sample
 from .schedule import FULL, REUSE, Schedule, find_schedules
 
-__all__ = ["add_arguments", "run", "BenchConfig", "run_benchmark", "sdpa_attention"]
+__all__ = ["add_arguments", "run", "BenchConfig", "Variant", "applied", "build_variants", "run_benchmark",
+           "sdpa_attention"]
 
 TOKEN_RATIOS = {"prune": (0.3, 0.5, 0.7), "merge": (0.3, 0.5), "downsample": (0.5, 0.75)}
 TOMESD_RATIOS = (0.3, 0.5)
@@ -292,26 +293,37 @@ def token_overhead(unet: torch.nn.Module, latent: int, batch: int, ratio: float,
 
 # ------------------------------------------------------------------ fidelity
 
-@torch.no_grad()
-def sample_variant(unet: torch.nn.Module, variant: Variant, noise: torch.Tensor, cond: torch.Tensor,
-                   uncond: torch.Tensor, steps: int, sampler: str, seed: int) -> torch.Tensor:
-    """Real end-to-end sampling with the variant applied (manual clock fed by the sampler)."""
+@contextlib.contextmanager
+def applied(unet: torch.nn.Module, variant: Variant, seed: int = 0) -> Iterator[Callable[[int, int], None] | None]:
+    """``variant`` on ``unet`` for the block (dato with a manual clock, or the tomesd package).
+
+    Yields the ``on_step`` callback a sampler must call (``None`` for tomesd,
+    which needs no clock); the UNet is unpatched afterwards, also on error.
+    """
     holder = _Holder(unet)
     try:
         if variant.peer == "tomesd":
             import tomesd
 
             tomesd.apply_patch(holder, ratio=variant.schedule.ratio[0], max_downsample=1)
-            return sample(unet, noise, cond, uncond, steps=steps, sampler=sampler)
-        apply_patch(unet, variant.schedule, clock="manual", seed=seed)
-        return sample(unet, noise, cond, uncond, steps=steps, sampler=sampler,
-                      on_step=lambda i, n: set_step(unet, i, n))
+            yield None
+        else:
+            apply_patch(unet, variant.schedule, clock="manual", seed=seed)
+            yield lambda i, n: set_step(unet, i, n)
     finally:
         remove_patch(unet)
         if variant.peer == "tomesd":
             import tomesd
 
             tomesd.remove_patch(holder)
+
+
+@torch.no_grad()
+def sample_variant(unet: torch.nn.Module, variant: Variant, noise: torch.Tensor, cond: torch.Tensor,
+                   uncond: torch.Tensor, steps: int, sampler: str, seed: int) -> torch.Tensor:
+    """Real end-to-end sampling with the variant applied."""
+    with applied(unet, variant, seed) as on_step:
+        return sample(unet, noise, cond, uncond, steps=steps, sampler=sampler, on_step=on_step)
 
 
 def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -375,3 +375,19 @@ def test_layout_of_the_sd1_topology(tiny_unet):
     assert layout.skipped_blocks(9) == ("input.10", "input.11", "middle", "output.0", "output.1")
     assert layout.cached_feature_block(0) == "output.10"
     assert set(block_modules(tiny_unet)) == set(layout.all_blocks()) | {"out"}
+
+
+def test_sd2_style_unets_work_too():
+    """SD2.x uses the same ldm classes with linear proj_in/out and head-width attention."""
+    from dato.models import build_unet, tiny_unet_config
+
+    config = tiny_unet_config() | {"use_linear_in_transformer": True}
+    sd2 = build_unet(config, seed=3)
+    x, c = make_inputs(2)
+    ref = run_steps(sd2, x, c, 4)
+    for method in ("prune", "merge", "downsample"):
+        dato.apply_patch(sd2, Schedule.uniform(4, 2, 0, 0.5, method))
+        out = run_steps(sd2, x, c, 4)
+        dato.remove_patch(sd2)
+        assert torch.equal(run_steps(sd2, x, c, 1)[0], ref[0])
+        assert out[-1].shape == ref[-1].shape and not torch.equal(out[1], ref[1])
