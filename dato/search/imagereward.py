@@ -1,0 +1,213 @@
+"""ImageReward (``image-reward`` package, ``ImageReward-v1.0``) as a search objective: loaded lazily, once.
+
+Nothing here is imported until a search asks for ImageReward. Loading:
+
+1. Import the package's model class. ``import ImageReward`` also imports its
+   training script (diffusers, datasets, accelerate) and CLIP scorers (the
+   ``clip`` package PyPI does not ship); when one of those is missing, only the
+   model module (``ImageReward/ImageReward.py`` + ``models/BLIP``, which need
+   ``transformers`` < 4.56, ``timm``, ``fairscale`` and ``torchvision``) is
+   imported, without running the package's ``__init__``.
+2. Find ``ImageReward.pt`` and ``med_config.json``: given paths, or the download
+   folder (default ``~/.cache/ImageReward``), or the Hugging Face hub
+   (``THUDM/ImageReward``). The BLIP text tokenizer is ``bert-base-uncased``
+   from the hub cache, or a local folder (``tokenizer=``).
+3. Build the model, load the weights, move it to the device, cache it per
+   process (a second search reuses it).
+
+Any failure raises :class:`ScorerUnavailable` whose message says what is
+missing, where to put it, and that the fidelity objective needs no weights;
+the search then falls back to fidelity or stops (setting
+``imagereward_fallback``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ScorerUnavailable", "load_imagereward", "clear_cache", "HUB_REPO", "WEIGHTS_FILE", "MED_CONFIG_FILE"]
+
+HUB_REPO = "THUDM/ImageReward"
+WEIGHTS_FILE = "ImageReward.pt"
+MED_CONFIG_FILE = "med_config.json"
+_INSTALL_HINT = (
+    "install it with `pip install --no-deps image-reward==1.5 fairscale==0.4.13` plus `timm` and "
+    "`transformers<4.56` (the WebUI already has torchvision, timm and transformers 4.30)"
+)
+_FALLBACK_HINT = "or choose the fidelity objective, which needs no extra weights"
+
+_CACHE: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+class ScorerUnavailable(RuntimeError):
+    """ImageReward cannot be used here; the message says why and what to do."""
+
+
+def default_download_root() -> Path:
+    return Path(os.path.expanduser("~/.cache/ImageReward"))
+
+
+def clear_cache() -> None:
+    """Forget the loaded scorers (tests; freeing memory)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def load_imagereward(
+    device: Any = "cpu",
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    med_config: str | os.PathLike[str] | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    download_root: str | os.PathLike[str] | None = None,
+    offline: bool = False,
+    random_weights: bool = False,
+) -> Any:
+    """The ImageReward model (``.score(prompt, [PIL images])``), built once per process per configuration.
+
+    ``offline=True`` never touches the network (only given or already downloaded files).
+    ``random_weights=True`` skips the weights file entirely: for tests of the plumbing, never for a search.
+    """
+    key = (str(device), str(weights), str(med_config), str(tokenizer), str(download_root), bool(random_weights))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        model = _load(device, weights, med_config, tokenizer, download_root, offline, random_weights)
+        _CACHE[key] = model
+        return model
+
+
+def _load(device, weights, med_config, tokenizer, download_root, offline, random_weights) -> Any:
+    module = _import_model_module()
+    root = Path(download_root) if download_root else default_download_root()
+    med_path = _resolve(med_config, MED_CONFIG_FILE, root, offline)
+    weights_path = None if random_weights else _resolve(weights, WEIGHTS_FILE, root, offline)
+    import torch
+
+    try:
+        with _tokenizer_from(tokenizer):
+            model = module.ImageReward(device=device, med_config=str(med_path))
+    except ScorerUnavailable:
+        raise
+    except (OSError, ValueError) as exc:  # tokenizer files missing / not downloadable
+        raise ScorerUnavailable(
+            f"ImageReward's text tokenizer (bert-base-uncased) could not be loaded: {exc}. Download it once into the "
+            f"Hugging Face cache, or pass a local tokenizer folder, {_FALLBACK_HINT}."
+        ) from exc
+    if weights_path is not None:
+        try:
+            state = torch.load(str(weights_path), map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise ScorerUnavailable(f"cannot read ImageReward weights {str(weights_path)!r}: {exc}") from exc
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        result = model.load_state_dict(state, strict=False)
+        expected = len(model.state_dict())
+        if len(result.missing_keys) > expected // 2:
+            raise ScorerUnavailable(
+                f"{str(weights_path)!r} does not look like ImageReward weights ({len(result.missing_keys)} of "
+                f"{expected} tensors missing)"
+            )
+    return model.to(device).eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _tokenizer_from(tokenizer: str | os.PathLike[str] | None):
+    """Make BLIP's ``init_tokenizer`` read ``tokenizer`` (a local folder) instead of the hub's bert-base-uncased."""
+    if tokenizer is None:
+        yield
+        return
+    folder = Path(tokenizer)
+    if not folder.is_dir():
+        raise ScorerUnavailable(f"tokenizer folder {str(folder)!r} does not exist")
+    blip = sys.modules["ImageReward.models.BLIP.blip"]
+    original = blip.BertTokenizer
+
+    class LocalBertTokenizer(original):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_pretrained(cls, *_args, **kwargs):
+            return original.from_pretrained(str(folder), **kwargs)
+
+    blip.BertTokenizer = LocalBertTokenizer
+    try:
+        yield
+    finally:
+        blip.BertTokenizer = original
+
+
+def _resolve(given, filename: str, root: Path, offline: bool) -> Path:
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise ScorerUnavailable(f"ImageReward file {str(path)!r} does not exist")
+        return path
+    local = root / filename
+    if local.is_file():
+        return local
+    if offline:
+        raise ScorerUnavailable(
+            f"ImageReward's {filename} is not in {str(root)!r} and downloads are off; put {filename} from the "
+            f"{HUB_REPO} model repository there, {_FALLBACK_HINT}."
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, local_dir=str(root)))
+    except Exception as exc:  # noqa: BLE001 - network, auth, disk: all mean "not available"
+        raise ScorerUnavailable(
+            f"ImageReward's {filename} could not be downloaded from {HUB_REPO} ({type(exc).__name__}: {exc}). "
+            f"Put {filename} into {str(root)!r} by hand, {_FALLBACK_HINT}."
+        ) from exc
+
+
+def _import_model_module() -> types.ModuleType:
+    """``ImageReward.ImageReward`` (the module holding the model class), as lightly as possible."""
+    if "ImageReward.ImageReward" in sys.modules:
+        return sys.modules["ImageReward.ImageReward"]
+    try:
+        return importlib.import_module("ImageReward.ImageReward")
+    except ModuleNotFoundError as exc:
+        if exc.name == "ImageReward":
+            raise ScorerUnavailable(f"the image-reward package is not installed; {_INSTALL_HINT}, "
+                                    f"{_FALLBACK_HINT}.") from exc
+        first_missing = exc.name
+    except ImportError as exc:
+        raise ScorerUnavailable(f"the image-reward package does not import here ({exc}); {_INSTALL_HINT}, "
+                                f"{_FALLBACK_HINT}.") from exc
+    return _import_without_package_init(first_missing)
+
+
+def _import_without_package_init(first_missing: str | None) -> types.ModuleType:
+    spec = importlib.util.find_spec("ImageReward")
+    if spec is None or not spec.submodule_search_locations:
+        raise ScorerUnavailable(f"the image-reward package is not installed; {_INSTALL_HINT}, {_FALLBACK_HINT}.")
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    stubs = {"ImageReward": pkg_dir, "ImageReward.models": pkg_dir / "models"}
+    for name in [n for n in list(sys.modules) if n == "ImageReward" or n.startswith("ImageReward.")]:
+        del sys.modules[name]  # leftovers of the failed import
+    for name, folder in stubs.items():
+        stub = types.ModuleType(name)
+        stub.__path__ = [str(folder)]  # a package without its __init__ side effects
+        sys.modules[name] = stub
+    try:
+        return importlib.import_module("ImageReward.ImageReward")
+    except ImportError as exc:
+        for name in [n for n in list(sys.modules) if n == "ImageReward" or n.startswith("ImageReward.")]:
+            del sys.modules[name]
+        missing = getattr(exc, "name", None) or str(exc)
+        raise ScorerUnavailable(
+            f"image-reward is installed but its model needs {missing!r} (the package itself also wanted "
+            f"{first_missing!r}); {_INSTALL_HINT}, {_FALLBACK_HINT}."
+        ) from exc
+    finally:
+        for name in stubs:
+            if getattr(sys.modules.get(name), "__file__", None) is None and name in sys.modules:
+                del sys.modules[name]

@@ -1,0 +1,104 @@
+"""Results on disk: atomic writes, the Pareto front, and turning a result back into a Schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..schedule import Schedule, _action_from_json
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_pickle",
+    "load_pickle",
+    "pareto_front",
+    "load_results",
+    "schedule_from_result",
+    "RESULTS_FORMAT",
+]
+
+RESULTS_FORMAT = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    text = json.dumps(data, indent=1, allow_nan=False, sort_keys=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_pickle(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_pickle(path: str | os.PathLike[str]) -> Any:
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` is no worse than ``b`` everywhere and better somewhere (minimisation)."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points (minimisation), in the given order."""
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, Mapping) or data.get("format") != RESULTS_FORMAT or "evaluations" not in data:
+        raise ValueError(f"{path}: not a dato search results file (format {RESULTS_FORMAT})")
+    return dict(data)
+
+
+def schedule_from_result(results: Mapping[str, Any], eval_id: int, name: str, description: str = "") -> Schedule:
+    """The schedule of evaluation ``eval_id`` with the search's provenance, ready to :meth:`Schedule.save`."""
+    by_id = {int(e["id"]): e for e in results["evaluations"]}
+    if eval_id not in by_id:
+        raise KeyError(f"no evaluation with id {eval_id} in search {results.get('run_id')!r}")
+    ev = by_id[eval_id]
+    cache = tuple(_action_from_json(a, f"evaluation {eval_id}: cache[{i}]") for i, a in enumerate(ev["cache"]))
+    objectives = results.get("objectives", {})
+    provenance = {
+        "generator": "dato-search (NSGA-II)",
+        "run_id": results.get("run_id"),
+        "objectives": {
+            "quality": objectives.get("quality"), "cost": objectives.get("cost"),
+            "quality_value": ev["quality"], "cost_value": ev["cost"],
+            "macs_rel": ev.get("macs_rel"), "time_rel": ev.get("time_rel"),
+        },
+        "prompts": list(results.get("settings", {}).get("prompts", [])),
+        "model_hash": results.get("model", {}).get("model_hash"),
+        "searched_steps": len(cache),
+    }
+    schedule = Schedule(name, cache, tuple(ev["ratio"]), ev["method"],
+                        description=description or f"searched: quality {ev['quality']:.3g}, "
+                                                   f"cost {ev['cost']:.3g} of the baseline")
+    return schedule.with_provenance(**provenance)
