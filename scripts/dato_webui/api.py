@@ -1,0 +1,220 @@
+"""REST routes (``/dato/v1/...``) and the check of ``alwayson_scripts`` arguments on txt2img/img2img.
+
+Routes, mounted by ``on_app_started(demo, app)``:
+
+* ``GET    /dato/v1/args``                 the argument list: order, names, defaults, meaning
+* ``POST   /dato/v1/args``                 validate ``{"args": [...]}``; canonical positional and named forms
+* ``GET    /dato/v1/schedules``            installed schedules (presets, search results, yours)
+* ``GET    /dato/v1/schedules/{name}``     one schedule; ``?steps=N`` adds its preview resampled to N steps
+* ``POST   /dato/v1/schedules``            upload a schedule JSON (validated, atomic, name collisions refused)
+* ``DELETE /dato/v1/schedules/{name}``     delete one of yours (presets are refused)
+
+Errors are ``{"detail": "<message>"}`` with 400 (bad JSON), 403, 404, 409 or
+422 (invalid content). None of these touch the GPU; anything that does must
+hold ``modules.call_queue.queue_lock`` (the Search tab's jobs do).
+
+The WebUI swallows errors raised by a script's hooks, so an invalid argument
+list in ``POST /sdapi/v1/txt2img`` would otherwise produce an unaccelerated
+image with only a console line. A small ASGI middleware reads those two
+requests' ``alwayson_scripts`` entry for this extension and answers 422 with
+the reason before the job is queued; every other request passes untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from dato.options import ARG_FIELDS, ARG_NAMES, ArgsError, DatoArgs, pass_summary
+from dato.schedule import Schedule, ScheduleError
+
+from . import settings, store
+
+PREFIX = "/dato/v1"
+SCRIPT_KEY = "dato"  # alwayson_scripts key: the script title, lowercased
+GENERATION_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+MAX_UPLOAD = 1 << 20
+
+
+def _error(status: int, message: str):
+    return JSONResponse(status_code=status, content={"detail": message})
+
+
+def args_spec() -> dict[str, Any]:
+    d = settings.defaults()
+    return {
+        "script": SCRIPT_KEY,
+        "args": [{"index": i, "name": f.name, "default": getattr(d, f.name), "help": f.help}
+                 for i, f in enumerate(ARG_FIELDS)],
+        "example": {"alwayson_scripts": {SCRIPT_KEY: {"args": [True, "prune", 0.4, "balanced"]}}},
+        "named_example": {"alwayson_scripts": {SCRIPT_KEY: {"args": [{"method": "prune", "ratio": 0.4}]}}},
+    }
+
+
+def check_args(args: Any) -> DatoArgs:
+    """Validate an ``args`` value as the script will read it (raises :class:`ArgsError`)."""
+    if not isinstance(args, list):
+        raise ArgsError(f"'args' must be a list (positional, or one object with named arguments); got "
+                        f"{type(args).__name__}")
+    parsed = DatoArgs.from_args(args, settings.defaults())
+    if parsed.enabled:  # the schedules must exist and the ratio suit the method
+        from dato.options import build_schedule
+
+        build_schedule(parsed.first_pass(), store.load)
+        hires = parsed.hires_pass()
+        if hires is not None and parsed.hr_mode == "own":
+            build_schedule(hires, store.load)
+    return parsed
+
+
+def register(app: Any) -> None:
+    """Mount the routes and the argument check on the WebUI's FastAPI ``app``."""
+
+    @app.get(PREFIX + "/args", tags=["sd-webui-dato"])
+    def get_args():
+        return args_spec()
+
+    @app.post(PREFIX + "/args", tags=["sd-webui-dato"])
+    async def post_args(request: Request):
+        try:
+            body = json.loads((await request.body()).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return _error(400, f"body is not valid JSON: {exc}")
+        if not isinstance(body, dict) or "args" not in body:
+            return _error(422, "expected a JSON object {\"args\": [...]}")
+        try:
+            parsed = check_args(body["args"])
+        except (ArgsError, ScheduleError) as exc:
+            return _error(422, str(exc))
+        return {"args": parsed.to_args(), "named": parsed.to_dict()}
+
+    @app.get(PREFIX + "/schedules", tags=["sd-webui-dato"])
+    def list_schedules():
+        out, broken = [], []
+        for name, entry in store.catalog().items():
+            try:
+                out.append(store.describe(entry, Schedule.load(entry.path)))
+            except ScheduleError as exc:
+                broken.append({"name": name, "source": entry.source, "error": str(exc)})
+        return {"schedules": out, "invalid": broken, "user_dir": str(store.user_dir())}
+
+    @app.get(PREFIX + "/schedules/{name}", tags=["sd-webui-dato"])
+    def get_schedule(name: str, steps: int | None = None):
+        try:
+            entry, schedule = store.get(name)
+        except store.StoreError as exc:
+            return _error(exc.status, str(exc))
+        result = {**store.describe(entry, schedule), "schedule": schedule.to_dict()}
+        if steps is not None:
+            if not 1 <= steps <= 10000:
+                return _error(422, f"steps = {steps}: expected 1..10000")
+            result["resampled"] = pass_summary(schedule, steps)
+        return result
+
+    @app.post(PREFIX + "/schedules", tags=["sd-webui-dato"], status_code=201)
+    async def upload_schedule(request: Request):
+        raw = await request.body()
+        if len(raw) > MAX_UPLOAD:
+            return _error(413, f"schedule file too large ({len(raw)} bytes; limit {MAX_UPLOAD})")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return _error(400, f"body is not valid JSON: {exc}")
+        if isinstance(data, dict) and isinstance(data.get("schedule"), dict):
+            data = data["schedule"]  # the GET answer's shape is accepted too
+        try:
+            schedule = Schedule.from_dict(data, source="uploaded schedule")
+        except (ScheduleError, TypeError) as exc:
+            return _error(422, str(exc))
+        try:
+            entry = store.save(schedule)
+        except store.StoreError as exc:
+            return _error(exc.status, str(exc))
+        return JSONResponse(status_code=201, content=store.describe(entry, schedule))
+
+    @app.delete(PREFIX + "/schedules/{name}", tags=["sd-webui-dato"])
+    def delete_schedule(name: str):
+        try:
+            entry = store.delete(name)
+        except store.StoreError as exc:
+            return _error(exc.status, str(exc))
+        return {"deleted": entry.name, "source": entry.source}
+
+    try:
+        # The server is already up when on_app_started runs; like the WebUI's own setup_middleware, drop the built
+        # stack so that Starlette accepts the addition and rebuilds the stack on the next request.
+        app.middleware_stack = None
+        app.add_middleware(ArgsCheckMiddleware)
+    except RuntimeError as exc:  # a Starlette that refuses anyway
+        print(f"[sd-webui-dato] arguments in txt2img/img2img requests are checked at generation time only ({exc})")
+
+
+class ArgsCheckMiddleware:
+    """ASGI middleware: 422 for txt2img/img2img requests whose DaTo arguments are invalid."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not str(scope.get("path", "")).endswith(
+                GENERATION_PATHS):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = _problem(body)
+        if problem is not None:
+            payload = json.dumps({"detail": f"sd-webui-dato: {problem}", "error": "DaToArgumentError"}).encode()
+            await send({"type": "http.response.start", "status": 422,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+
+def _replay(messages: list[dict], receive=None):
+    queue = list(messages)
+
+    async def replay():
+        if queue:
+            return queue.pop(0)
+        if receive is not None:
+            return await receive()
+        return {"type": "http.disconnect"}
+
+    return replay
+
+
+def _problem(body: bytes) -> str | None:
+    """The reason this request's DaTo arguments are invalid, or ``None`` (also when it has none)."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return None  # not ours to judge; FastAPI answers malformed JSON itself
+    scripts = data.get("alwayson_scripts") if isinstance(data, dict) else None
+    if not isinstance(scripts, dict):
+        return None
+    entry = next((v for k, v in scripts.items() if isinstance(k, str) and k.lower() == SCRIPT_KEY), None)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or "args" not in entry:
+        return None if isinstance(entry, dict) else "expected {\"args\": [...]}"
+    try:
+        check_args(entry["args"])
+    except (ArgsError, ScheduleError) as exc:
+        return str(exc)
+    return None
+
+
+__all__ = ["ARG_NAMES", "ArgsCheckMiddleware", "args_spec", "check_args", "register"]

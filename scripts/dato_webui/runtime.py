@@ -1,0 +1,289 @@
+"""When the patch goes on and off, and which step the UNet is at.
+
+The WebUI calls, for every generation (``modules/processing.py``, v1.10.1)::
+
+    process_images: before_process -> apply_token_merging -> process_images_inner:
+        process -> [per batch: process_batch -> sample:
+            process_before_every_sampling -> sampler (on_cfg_denoiser each call)
+            [hires: apply_token_merging(hr) -> before_hr -> process_before_every_sampling -> sampler]]
+        -> postprocess                       (skipped when sampling raises)
+
+:class:`Runtime` follows it:
+
+* ``begin`` (``process``): take any patch of ours off, wherever it is (a
+  previous run that raised never reached ``postprocess``), validate the
+  arguments, decide what each pass runs and write the infotext keys;
+* ``before_sampling`` (``process_before_every_sampling``): put the patch for
+  this pass on the current model's UNet with the engine's ``manual`` clock,
+  which keeps it inert until the first ``set_step``;
+* ``on_cfg_denoiser``: ``set_step(denoiser.step, denoiser.total_steps,
+  p.is_hr_pass)`` for the run that armed the patch, never counting UNet calls;
+* ``end`` (``postprocess``), ``on_model_loaded``, ``on_script_unloaded``: take it off.
+
+A guard hook on the UNet makes a stale patch harmless: a UNet call outside
+the WebUI job that armed it (another job started, or the job ended) removes
+the patch before the engine sees the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dato
+from dato.options import ArgsError, DatoArgs, PassSettings, build_schedule, infotext_params
+from dato.schedule import Schedule, ScheduleError
+
+from . import store
+
+log = logging.getLogger("sd-webui-dato")
+TAG = "sd-webui-dato"
+
+
+def _shared():
+    from modules import shared
+
+    return shared
+
+
+def tell(p: Any, message: str) -> None:
+    """Say something the user must see: in the console and under the image (the run's comments)."""
+    print(f"[{TAG}] {message}")
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(f"{TAG}: {message}")
+
+
+@dataclass
+class PassPlan:
+    settings: PassSettings
+    schedule: Schedule
+    source: Schedule | None
+
+
+@dataclass
+class Run:
+    """One armed generation: the processing object and what each pass runs."""
+
+    p: Any
+    args: DatoArgs
+    first: PassPlan | None
+    hires: PassPlan | None
+    job_start: float | None
+    job_bound: bool
+    stats: list[dict] = field(default_factory=list)
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.run: Run | None = None
+        self._unet_ref: weakref.ReferenceType | None = None
+        self._patch: Any = None
+        self._guard_handles: list[Any] = []
+        self._stale = False
+
+    # ----------------------------------------------------------------- state
+    def job_key(self) -> tuple[float | None, bool]:
+        state = getattr(_shared(), "state", None)
+        return getattr(state, "time_start", None), bool(getattr(state, "job", ""))
+
+    def remove(self, reason: str = "") -> bool:
+        """Take our patch off, wherever it is; ``True`` if there was one."""
+        removed = False
+        for handle in self._guard_handles:
+            handle.remove()
+        self._guard_handles.clear()
+        self._stale = False
+        unet = self._unet_ref() if self._unet_ref is not None else None
+        if unet is not None and self._patch is not None and dato.get_patch(unet) is self._patch:
+            if self._patch.stats.get("calls") and self.run is not None:
+                self.run.stats.append(dict(self._patch.stats))
+            dato.remove_patch(unet)
+            removed = True
+            if reason:
+                log.info("%s: patch removed (%s)", TAG, reason)
+        self._unet_ref = None
+        self._patch = None
+        return removed
+
+    def reset(self, reason: str) -> None:
+        """Forget everything (model switch, script reload)."""
+        if self.remove(reason):
+            print(f"[{TAG}] removed the acceleration patch ({reason})")
+        self.run = None
+
+    # ------------------------------------------------------------- lifecycle
+    def begin(self, p: Any, raw_args: tuple, defaults: DatoArgs, overrides: dict | None = None) -> None:
+        """``process``: clean up, validate, plan the passes, write the infotext."""
+        if self.remove("stale patch from an earlier run"):
+            print(f"[{TAG}] an earlier generation ended without cleaning up (error or interrupt); "
+                  "its patch was removed before this one")
+        self.run = None
+        try:
+            args = DatoArgs.from_args(list(raw_args), defaults)
+            if overrides:
+                args = args.with_overrides(overrides)
+        except ArgsError as exc:
+            tell(p, f"not applied: {exc}")
+            return
+        if not args.enabled:
+            return
+        shared = _shared()
+        try:
+            dato.find_unet(shared.sd_model)
+        except dato.UnsupportedModelError as exc:
+            tell(p, f"not applied: {exc}")
+            return
+        has_hires = bool(getattr(p, "enable_hr", False))
+        try:
+            first = self._plan(p, args.first_pass(), for_hr=False)
+            hires_settings = args.hires_pass() if has_hires else None
+            hires = self._plan(p, hires_settings, for_hr=True) if hires_settings is not None else None
+        except (ArgsError, ScheduleError) as exc:
+            tell(p, f"not applied: {exc}")
+            return
+        effective = self._effective_args(args, first, hires, has_hires)
+        p.extra_generation_params.update(infotext_params(
+            effective, first.source if first else None, hires.source if hires else None, has_hires))
+        job_start, job_bound = self.job_key()
+        self.run = Run(p, effective, first, hires, job_start, job_bound)
+
+    def _plan(self, p: Any, settings: PassSettings, for_hr: bool) -> PassPlan:
+        settings = self._compose_with_token_merging(p, settings, for_hr)
+        schedule, source = build_schedule(settings, store.load)
+        return PassPlan(settings, schedule, source)
+
+    @staticmethod
+    def _compose_with_token_merging(p: Any, settings: PassSettings, for_hr: bool) -> PassSettings:
+        """The WebUI's Token Merging (tomesd) and a token method cannot share the blocks: keep caching only."""
+        get_ratio = getattr(p, "get_token_merging_ratio", None)
+        tome = float(get_ratio(for_hr=for_hr) or 0) if callable(get_ratio) else 0.0
+        if tome <= 0 or settings.method == "none":
+            return settings
+        if settings.method == "schedule":
+            schedule, _ = build_schedule(settings, store.load)
+            if schedule.method == "none" or not any(r > 0 for r in schedule.ratio):
+                return settings
+        pass_name = "hires pass" if for_hr else "first pass"
+        tell(p, f"the WebUI's Token Merging (ratio {tome:g}) is on, so the {pass_name} uses caching only "
+                f"(token method {settings.method!r} is off). Set Settings > Optimizations > Token merging "
+                "ratio to 0 to use it.")
+        return replace(settings, method="none")
+
+    @staticmethod
+    def _effective_args(args: DatoArgs, first: PassPlan, hires: PassPlan | None, has_hires: bool) -> DatoArgs:
+        """The arguments that describe what will run (what the infotext must say)."""
+        f = first.settings
+        out = replace(args, method=f.method, ratio=f.ratio)
+        if not has_hires or args.hr_mode == "off":
+            return out
+        h = hires.settings if hires else None
+        if h is not None and (args.hr_mode == "own" or h != f):
+            out = replace(out, hr_mode="own", hr_method=h.method, hr_ratio=h.ratio, hr_schedule=h.schedule,
+                          hr_interval=h.interval, hr_depth=h.depth)
+        return out
+
+    def before_sampling(self, p: Any) -> None:
+        """``process_before_every_sampling``: patch the current UNet for this pass."""
+        run = self.run
+        self.remove()
+        if run is None or run.p is not p:
+            return
+        plan = run.hires if getattr(p, "is_hr_pass", False) else run.first
+        if plan is None:
+            return
+        shared = _shared()
+        try:
+            unet = dato.find_unet(shared.sd_model)
+        except dato.UnsupportedModelError as exc:  # e.g. a hires checkpoint of another kind
+            tell(p, f"not applied to this pass: {exc}")
+            return
+        seeds = getattr(p, "seeds", None) or [getattr(p, "seed", 0)]
+        seed = int(seeds[0]) if seeds and seeds[0] is not None else 0
+        try:
+            patch = self._apply(unet, plan, seed)
+        except dato.PatchConflictError as exc:  # another extension swapped the transformer blocks
+            tell(p, f"token method off for this pass: {exc}")
+            plan.settings = replace(plan.settings, method="none")
+            plan.schedule = plan.schedule.with_method("none").with_ratio(0.0)
+            self._record_method_off(p, bool(getattr(p, "is_hr_pass", False)))
+            patch = self._apply(unet, plan, seed)
+        except (ValueError, ScheduleError) as exc:
+            tell(p, f"not applied to this pass: {exc}")
+            return
+        self._patch = patch
+        self._unet_ref = weakref.ref(unet)
+        # the guard runs before the engine's pre-hook; the clean-up after the engine's post-hook (hooks cannot be
+        # removed while torch iterates them, so a stale patch is made inert first and taken off after the call)
+        self._guard_handles = [unet.register_forward_pre_hook(self._guard, prepend=True),
+                               unet.register_forward_hook(self._after_guard)]
+
+    def _record_method_off(self, p: Any, hires: bool) -> None:
+        """Make the infotext say that this pass ran without token reduction."""
+        params, run = p.extra_generation_params, self.run
+        if hires and "DaTo hires method" not in params and run is not None and run.hires is not None:
+            params["DaTo hires"] = "own"  # the hires pass no longer matches the first pass
+            params.update(infotext_params(replace(run.args, hr_mode="own", hr_method="none",
+                                                  hr_schedule=run.hires.settings.schedule,
+                                                  hr_interval=run.hires.settings.interval,
+                                                  hr_depth=run.hires.settings.depth),
+                                          run.first.source if run.first else None, run.hires.source, True))
+            return
+        prefix = "DaTo hires" if hires else "DaTo"
+        params[f"{prefix} method"] = "none"
+        params.pop(f"{prefix} ratio", None)
+
+    @staticmethod
+    def _apply(unet: Any, plan: PassPlan, seed: int):
+        return dato.apply_patch(unet, plan.schedule, max_downsample=plan.settings.max_downsample,
+                                seed=seed % (2**31), clock="manual")
+
+    def on_cfg_denoiser(self, params: Any) -> None:
+        """The step clock: the denoiser knows its step and the total for this pass."""
+        run, unet = self.run, self._unet_ref() if self._unet_ref is not None else None
+        if run is None or unet is None:
+            return
+        denoiser = getattr(params, "denoiser", None)
+        p = getattr(denoiser, "p", None)
+        if p is not run.p:
+            return
+        step = int(getattr(denoiser, "step", 0) or 0)
+        total = int(getattr(denoiser, "total_steps", 0) or 0) or max(step + 1, 1)
+        dato.set_step(unet, step, total, pass_index=1 if getattr(p, "is_hr_pass", False) else 0)
+
+    def end(self, p: Any) -> None:
+        """``postprocess``: take the patch off and report what ran."""
+        run = self.run
+        self.remove()
+        self.run = None
+        if run is None or run.p is not p:
+            return
+        for index, stats in enumerate(run.stats):
+            print(f"[{TAG}] pass {index + 1}: {stats['calls']} UNet calls, {stats['full']} full, "
+                  f"{stats['cached']} cached, {stats['reuse']} reused")
+
+    # ------------------------------------------------------------------ guard
+    def _guard(self, module: Any, args: tuple) -> None:
+        """UNet pre-hook (before the engine's): a call outside the arming job finds the patch inert."""
+        run = self.run
+        if run is not None and not self._stale:
+            time_start, in_job = self.job_key()
+            if time_start == run.job_start and (in_job or not run.job_bound):
+                return None
+        if not self._stale:
+            print(f"[{TAG}] a UNet call outside the generation that armed the patch: it runs unpatched and "
+                  "the patch is removed")
+            self._stale = True
+            self.run = None
+        dato.clear_step(module)  # the engine's manual clock: inert until the next set_step
+        return None
+
+    def _after_guard(self, module: Any, args: tuple, output: Any) -> None:
+        """UNet post-hook (after the engine's): take a stale patch off once torch is done with the hooks."""
+        if self._stale:
+            self.remove("stale patch")
+
+
+RUNTIME = Runtime()

@@ -1,0 +1,228 @@
+"""The accordion: controls built from :data:`dato.options.ARG_FIELDS`, the step preview, paste fields.
+
+The controls are returned in ``ARG_NAMES`` order, which is the API's
+positional order. The preview is computed here (the engine resamples the
+schedule) and drawn by ``javascript/dato.js``; the script forwards the tab's
+step count, hires steps and denoising strength into a hidden textbox so the
+preview follows them whatever the layout order of the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import gradio as gr
+
+from dato.options import (
+    ARG_NAMES,
+    HR_MODES,
+    INFOTEXT_KEYS,
+    METHOD_CHOICES,
+    SCHEDULE_UNIFORM,
+    ArgsError,
+    DatoArgs,
+    PassSettings,
+    build_schedule,
+    pass_summary,
+)
+from dato.schedule import RATIO_LIMIT, ScheduleError
+
+from . import settings, store
+
+DOWNSAMPLE_CHOICES = (("64×64 only", 1), ("+32×32", 2), ("+16×16", 4), ("all levels", 8))
+HINTS = {
+    "enabled": "Open to accelerate this generation; closed = the WebUI runs unchanged.",
+    "method": "How self-attention gets cheaper: DaTo prunes tokens by temporal dynamics, ToMe merges similar "
+              "tokens, ToDo downsamples keys/values. 'As scheduled' uses the schedule's own method and "
+              "per-step ratios; 'Off' keeps caching only.",
+    "ratio": "Share of tokens removed in the high-resolution self-attention at every step. Higher is faster "
+             "and blurrier; 0.3-0.5 is a good start. Prune/merge need < 0.75.",
+    "schedule": "Which steps run the whole UNet and which reuse cached deep features. 'uniform' = a full "
+                "step every N steps; 'none' = every step full (token reduction only). Presets and your "
+                "saved or searched schedules follow; 🔄 rescans the folders.",
+    "interval": "uniform: a full step every N steps (DeepCache's N). Larger is faster.",
+    "depth": "uniform: how much of the UNet a cached step still computes (0 = shallowest, fastest).",
+    "max_downsample": "Which resolution levels get token reduction: the 64×64 level at 512 px, or deeper too.",
+    "hr_mode": "Hires. fix second pass: the same settings, no acceleration, or its own settings below.",
+}
+
+
+def schedule_choices() -> list[str]:
+    return store.names()
+
+
+def _elem(script: Any, name: str) -> str:
+    return script.elem_id(name)
+
+
+def build(script: Any, is_img2img: bool) -> list[Any]:
+    """Create the accordion; returns the controls in API order and sets the paste fields on ``script``."""
+    from modules.infotext_utils import PasteField
+    from modules.ui_components import FormRow, InputAccordion, ToolButton
+
+    d = settings.defaults()
+    choices = schedule_choices()
+    c: dict[str, Any] = {}
+
+    def schedule_dropdown(name: str, value: str, label: str) -> gr.Dropdown:
+        if value not in choices:
+            value = choices[0]
+        return gr.Dropdown(label=label, choices=choices, value=value, elem_id=_elem(script, name),
+                           info=HINTS["schedule"] if name == "schedule" else "hires pass: " + HINTS["schedule"])
+
+    with InputAccordion(d.enabled, label="DaTo acceleration", elem_id=_elem(script, "enabled")) as enabled:
+        c["enabled"] = enabled
+        with enabled.extra():
+            gr.HTML(value="", elem_id=_elem(script, "summary"), elem_classes=["dato-summary"])
+        with FormRow(elem_classes=["dato-row"]):
+            c["method"] = gr.Radio(label="Token method", choices=list(METHOD_CHOICES), value=d.method,
+                                   elem_id=_elem(script, "method"), info=HINTS["method"])
+        with FormRow(elem_classes=["dato-row"]):
+            c["ratio"] = gr.Slider(label="Token ratio", minimum=0.0, maximum=RATIO_LIMIT, step=0.01,
+                                   value=d.ratio, elem_id=_elem(script, "ratio"), info=HINTS["ratio"])
+            c["max_downsample"] = gr.Radio(label="Token levels", choices=list(DOWNSAMPLE_CHOICES),
+                                           value=d.max_downsample, elem_id=_elem(script, "max_downsample"),
+                                           info=HINTS["max_downsample"])
+        with FormRow(elem_classes=["dato-row"]):
+            c["schedule"] = schedule_dropdown("schedule", d.schedule, "Cache schedule")
+            refresh = ToolButton(value="\U0001f504", elem_id=_elem(script, "refresh"))
+        with FormRow(elem_classes=["dato-row"], visible=d.schedule == SCHEDULE_UNIFORM) as uniform_row:
+            c["interval"] = gr.Slider(label="Uniform: full step every N", minimum=1, maximum=25, step=1,
+                                      value=d.interval, elem_id=_elem(script, "interval"), info=HINTS["interval"])
+            c["depth"] = gr.Slider(label="Uniform: cache depth", minimum=0, maximum=11, step=1, value=d.depth,
+                                   elem_id=_elem(script, "depth"), info=HINTS["depth"])
+        with gr.Group(visible=not is_img2img, elem_classes=["dato-hires"]):
+            c["hr_mode"] = gr.Radio(label="Hires. fix pass", choices=list(HR_MODES), value=d.hr_mode,
+                                    elem_id=_elem(script, "hr_mode"), info=HINTS["hr_mode"])
+            with gr.Group(visible=d.hr_mode == "own") as hr_group:
+                with FormRow(elem_classes=["dato-row"]):
+                    c["hr_method"] = gr.Radio(label="Hires token method", choices=list(METHOD_CHOICES),
+                                              value=d.hr_method, elem_id=_elem(script, "hr_method"),
+                                              info="hires pass: " + HINTS["method"])
+                    c["hr_ratio"] = gr.Slider(label="Hires token ratio", minimum=0.0, maximum=RATIO_LIMIT,
+                                              step=0.01, value=d.hr_ratio, elem_id=_elem(script, "hr_ratio"),
+                                              info="hires pass: " + HINTS["ratio"])
+                with FormRow(elem_classes=["dato-row"]):
+                    c["hr_schedule"] = schedule_dropdown("hr_schedule", d.hr_schedule, "Hires cache schedule")
+                    c["hr_interval"] = gr.Slider(label="Hires uniform: every N", minimum=1, maximum=25, step=1,
+                                                 value=d.hr_interval, elem_id=_elem(script, "hr_interval"),
+                                                 info="hires pass: " + HINTS["interval"])
+                    c["hr_depth"] = gr.Slider(label="Hires uniform: depth", minimum=0, maximum=11, step=1,
+                                              value=d.hr_depth, elem_id=_elem(script, "hr_depth"),
+                                              info="hires pass: " + HINTS["depth"])
+        context = gr.Textbox(value="{}", visible=False, elem_id=_elem(script, "context"),
+                             elem_classes=["dato-context"])
+        preview = gr.HTML(value=preview_html(_values_of(d), "{}", is_img2img), elem_id=_elem(script, "preview"),
+                          elem_classes=["dato-preview-box"])
+
+    controls = [c[name] for name in ARG_NAMES]
+
+    if not getattr(script, "_dato_events_wired", False):  # ui() runs again for API defaults: no events then
+        script._dato_events_wired = True
+        inputs = controls[1:] + [context]
+
+        def update_preview(*values):
+            return preview_html(dict(zip(ARG_NAMES[1:], values[:-1], strict=True)), values[-1], is_img2img)
+
+        for component in inputs:
+            component.change(fn=update_preview, inputs=inputs, outputs=[preview], show_progress=False)
+        c["schedule"].change(fn=lambda s: gr.update(visible=s == SCHEDULE_UNIFORM), inputs=[c["schedule"]],
+                             outputs=[uniform_row], show_progress=False)
+        c["hr_mode"].change(fn=lambda m: gr.update(visible=m == "own"), inputs=[c["hr_mode"]],
+                            outputs=[hr_group], show_progress=False)
+
+        def refresh_choices():
+            fresh = schedule_choices()
+            return gr.update(choices=fresh), gr.update(choices=fresh)
+
+        refresh.click(fn=refresh_choices, inputs=[], outputs=[c["schedule"], c["hr_schedule"]], show_progress=False)
+
+    script.infotext_fields = [PasteField(c[name], INFOTEXT_KEYS[name], api=None) for name in ARG_NAMES]
+    script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES]
+    return controls
+
+
+def _values_of(args: DatoArgs) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in ARG_NAMES[1:]}
+
+
+# ------------------------------------------------------------------ preview
+def _context(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return max(0, int(float(value)))
+    except (TypeError, ValueError):
+        return default
+
+
+def pass_steps(context: dict[str, Any], is_img2img: bool) -> tuple[int, int | None]:
+    """Sampler steps of the first pass and of the hires pass (``None`` = no hires pass), as the WebUI runs them.
+
+    img2img runs ``int(strength * steps) + 1`` steps unless "img2img_fix_steps"
+    is set (``sd_samplers_common.setup_img2img_steps``); the hires pass runs its
+    "Hires steps" or the first pass's count.
+    """
+    steps = max(1, _int(context.get("steps"), 20))
+    if is_img2img:
+        strength = context.get("denoising")
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            strength = 0.75
+        if not settings.img2img_fix_steps():
+            steps = max(1, int(min(strength, 0.999) * steps) + 1)
+        return steps, None
+    hr = bool(context.get("hr"))
+    return steps, (_int(context.get("hr_steps"), 0) or steps) if hr else None
+
+
+def preview_data(values: dict[str, Any], context: dict[str, Any], is_img2img: bool) -> dict[str, Any]:
+    """The per-step preview of both passes (what ``dato.js`` draws)."""
+    args = DatoArgs.from_args([True] + [values.get(n) for n in ARG_NAMES[1:]])
+    steps, hr_steps = pass_steps(context, is_img2img)
+    passes = []
+    plans: list[tuple[str, PassSettings | None, int]] = [("first pass" if hr_steps else "steps", args.first_pass(),
+                                                          steps)]
+    if hr_steps:
+        plans.append(("hires pass", args.hires_pass(), hr_steps))
+    for label, pass_settings, n in plans:
+        if pass_settings is None:
+            passes.append({"label": label, "steps": n, "off": True})
+            continue
+        schedule, _ = build_schedule(pass_settings, store.load)
+        summary = pass_summary(schedule, n)
+        summary["label"] = label
+        summary["name"] = schedule.name
+        passes.append(summary)
+    return {"passes": passes}
+
+
+def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> str:
+    try:
+        data = preview_data(values, _context(raw_context), is_img2img)
+    except (ArgsError, ScheduleError, ValueError) as exc:
+        echo = html.escape(json.dumps({"context": raw_context}), quote=True)
+        return f'<div class="dato-preview dato-preview-error" data-dato="{echo}">{html.escape(str(exc))}</div>'
+    data["context"] = raw_context  # the page script re-sends the step counts if this is not what it last sent
+    lines = []
+    for p in data["passes"]:
+        if p.get("off"):
+            lines.append(f"{p['label']} ({p['steps']} steps): off")
+        else:
+            ratio = f", {p['method']} {max(p['ratio']):.2f}" if p["method"] != "none" else ""
+            lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}): {p['preview']}")
+    text = "<br>".join(html.escape(line) for line in lines)
+    payload = html.escape(json.dumps(data, separators=(",", ":")), quote=True)
+    return f'<div class="dato-preview" data-dato="{payload}"><div class="dato-preview-text">{text}</div></div>'
+
+
+__all__ = ["build", "pass_steps", "preview_data", "preview_html", "schedule_choices"]
