@@ -343,7 +343,8 @@ def load_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
     return load_unet_from_checkpoint(config.model), 768
 
 
-def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> BenchReport:
+def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
+                  checkpoint: Callable[[BenchReport], None] | None = None) -> BenchReport:
     if config.threads:
         torch.set_num_threads(config.threads)
     log(f"building the UNet ({config.model}) ...")
@@ -369,7 +370,22 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> Be
             report.token_overhead.extend(rows)
     report.step_kinds = {att: {k.label(): t for k, t in times.items()} for att, times in timers.items()}
 
-    fidelity = _fidelity(unet, variants, config, context_dim, log) if config.fidelity else {}
+    _fill_rows(report, variants, timers, cost, config, {})
+    if checkpoint is not None:  # the timings alone took a while: keep them even if a later phase is stopped
+        checkpoint(report)
+    if config.fidelity:
+        _fill_rows(report, variants, timers, cost, config, _fidelity(unet, variants, config, context_dim, log))
+        if checkpoint is not None:
+            checkpoint(report)
+    if config.confirm:
+        report.confirmation = _confirm(unet, variants, timers, config, context, log)
+    return report
+
+
+def _fill_rows(report: BenchReport, variants: list[Variant], timers: dict, cost, config: BenchConfig,
+               fidelity: dict[str, float]) -> None:
+    """One row per variant: composed time per image and speed-up per attention path, MACs, fidelity."""
+    report.rows = []
     full_macs = cost.call_macs(config.latent, config.latent)
     for variant in variants:
         s = variant.schedule
@@ -384,9 +400,6 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> Be
             row[f"seconds_per_image_{attention}"] = seconds
             row[f"speedup_{attention}"] = base / seconds
         report.rows.append(row)
-    if config.confirm:
-        report.confirmation = _confirm(unet, variants, timers, config, context, log)
-    return report
 
 
 def _level_of(unet: torch.nn.Module, block: torch.nn.Module) -> int:
@@ -518,13 +531,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     started = time.perf_counter()
-    report = run_benchmark(config, log=lambda m: print(m, flush=True))
-    print()
-    print(format_table(report))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out / f"bench-{config.model if config.model in ('sd15', 'tiny') else 'ckpt'}-{config.size}px-{stamp}.json"
-    path.write_text(json.dumps(asdict(report), indent=1, default=str))
+
+    def write(report: BenchReport) -> None:
+        path.write_text(json.dumps(asdict(report), indent=1, default=str))
+
+    report = run_benchmark(config, log=lambda m: print(m, flush=True), checkpoint=write)
+    write(report)
+    print()
+    print(format_table(report))
     print(f"\nwrote {path} ({time.perf_counter() - started:.0f} s)")
     return 0
