@@ -36,8 +36,9 @@ StepCallback = Callable[[int, int], None]
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sd_alphas_cumprod(num_train_timesteps: int = 1000, linear_start: float = 0.00085,
-                      linear_end: float = 0.012) -> torch.Tensor:
+def sd_alphas_cumprod(
+    num_train_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012
+) -> torch.Tensor:
     """SD1.x's noise schedule ("scaled linear": betas linear in sqrt), float32 like SD's buffer.
 
     Computed in float64 first, as ldm's ``make_beta_schedule`` does, so the
@@ -47,11 +48,11 @@ def sd_alphas_cumprod(num_train_timesteps: int = 1000, linear_start: float = 0.0
         raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
     if not 0 < linear_start <= linear_end < 1:
         raise ValueError(f"need 0 < linear_start <= linear_end < 1, got {linear_start}, {linear_end}")
-    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    betas = torch.linspace(linear_start**0.5, linear_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
 
 
-# --- schedules -------------------------------------------------------------------------------------------------
+# --- schedules
 
 
 class _DiscreteSchedule:
@@ -93,7 +94,7 @@ def ddim_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
     return torch.arange(steps, dtype=torch.long) * (num_train_timesteps // steps) + 1
 
 
-# --- guidance --------------------------------------------------------------------------------------------------
+# --- guidance
 
 
 def _match_batch(context: torch.Tensor, batch: int, name: str) -> torch.Tensor:
@@ -107,8 +108,13 @@ def _match_batch(context: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch {context.shape[0]}, noise has batch {batch} (use 1 or {batch})")
 
 
-def _guided_eps(unet: Callable[..., torch.Tensor], cond: torch.Tensor, uncond: torch.Tensor | None,
-                cfg_scale: float, cfg_batch: bool) -> EpsFn:
+def _guided_eps(
+    unet: Callable[..., torch.Tensor],
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    cfg_scale: float,
+    cfg_batch: bool,
+) -> EpsFn:
     """``eps(x, t)`` with classifier-free guidance, calling the UNet the way A1111 does."""
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -126,14 +132,16 @@ def _guided_eps(unet: Callable[..., torch.Tensor], cond: torch.Tensor, uncond: t
     return eps
 
 
-# --- samplers --------------------------------------------------------------------------------------------------
+# --- samplers
 
 
-def _denoiser(eps: EpsFn, schedule: _DiscreteSchedule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _denoiser(
+    eps: EpsFn, schedule: _DiscreteSchedule
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """k-diffusion's ``DiscreteEpsDDPMDenoiser``: x0 estimate from eps at noise level sigma."""
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        c_in = 1 / (sigma ** 2 + 1) ** 0.5
+        c_in = 1 / (sigma**2 + 1) ** 0.5
         t = schedule.sigma_to_t(sigma.reshape(1)).to(x.dtype)
         return x - eps(x * c_in.to(x.dtype), t) * sigma.to(x.dtype)
 
@@ -150,16 +158,17 @@ def _run_euler(denoise, x: torch.Tensor, sigmas: torch.Tensor, on_step: StepCall
     return x
 
 
-def _run_euler_ancestral(denoise, x: torch.Tensor, sigmas: torch.Tensor, on_step: StepCallback | None,
-                         generator: torch.Generator) -> torch.Tensor:
+def _run_euler_ancestral(
+    denoise, x: torch.Tensor, sigmas: torch.Tensor, on_step: StepCallback | None, generator: torch.Generator
+) -> torch.Tensor:
     n = len(sigmas) - 1
     for i in range(n):
         if on_step is not None:
             on_step(i, n)
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, sigma)
-        sigma_up = torch.minimum(sigma_next, (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
-        sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5
+        sigma_up = torch.minimum(sigma_next, (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
         x = x + (x - denoised) / sigma * (sigma_down - sigma)
         if sigma_next > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
@@ -183,8 +192,9 @@ def _run_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, on_step: StepCallb
     return x
 
 
-def _run_ddim(eps: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
-              on_step: StepCallback | None) -> torch.Tensor:
+def _run_ddim(
+    eps: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, on_step: StepCallback | None
+) -> torch.Tensor:
     timesteps = ddim_timesteps(len(alphas_cumprod), steps)
     a = alphas_cumprod[timesteps].to(torch.float64)
     a_prev = torch.cat([alphas_cumprod[:1].to(torch.float64), a[:-1]])
@@ -198,15 +208,18 @@ def _run_ddim(eps: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: 
     return x
 
 
-# --- public entry ----------------------------------------------------------------------------------------------
+# --- public entry
 
 
-def _validate(noise: torch.Tensor, steps: int, sampler: str, cfg_scale: float,
-              alphas_cumprod: torch.Tensor) -> None:
+def _validate(
+    noise: torch.Tensor, steps: int, sampler: str, cfg_scale: float, alphas_cumprod: torch.Tensor
+) -> None:
     """Reject bad arguments with a message naming the argument, before any UNet work."""
     if not isinstance(noise, torch.Tensor) or noise.dim() != 4:
-        raise ValueError(f"noise must be a [batch, channels, height, width] tensor, "
-                         f"got {getattr(noise, 'shape', type(noise).__name__)}")
+        raise ValueError(
+            f"noise must be a [batch, channels, height, width] tensor, "
+            f"got {getattr(noise, 'shape', type(noise).__name__)}"
+        )
     if not noise.is_floating_point():
         raise ValueError(f"noise must be a floating-point tensor, got {noise.dtype}")
     if sampler not in SAMPLERS:
@@ -214,7 +227,9 @@ def _validate(noise: torch.Tensor, steps: int, sampler: str, cfg_scale: float,
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if alphas_cumprod.dim() != 1 or len(alphas_cumprod) < 2:
-        raise ValueError(f"alphas_cumprod must be 1-D with >= 2 entries, got shape {tuple(alphas_cumprod.shape)}")
+        raise ValueError(
+            f"alphas_cumprod must be 1-D with >= 2 entries, got shape {tuple(alphas_cumprod.shape)}"
+        )
     if not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
         raise ValueError("alphas_cumprod values must lie in (0, 1)")
     if steps > len(alphas_cumprod):
@@ -224,10 +239,20 @@ def _validate(noise: torch.Tensor, steps: int, sampler: str, cfg_scale: float,
 
 
 @torch.no_grad()
-def sample(unet: Callable[..., torch.Tensor], noise: torch.Tensor, cond: torch.Tensor,
-           uncond: torch.Tensor | None = None, *, steps: int, sampler: str = "euler", cfg_scale: float = 7.5,
-           alphas_cumprod: torch.Tensor | None = None, on_step: StepCallback | None = None,
-           cfg_batch: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    unet: Callable[..., torch.Tensor],
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    *,
+    steps: int,
+    sampler: str = "euler",
+    cfg_scale: float = 7.5,
+    alphas_cumprod: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
+    cfg_batch: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Sample from an eps-prediction UNet, starting from unit-variance ``noise``.
 
     ``unet(x, timesteps, context=...)`` is an ldm ``UNetModel`` or anything with
@@ -245,8 +270,10 @@ def sample(unet: Callable[..., torch.Tensor], noise: torch.Tensor, cond: torch.T
     if uncond is not None:
         uncond = _match_batch(uncond.to(noise.dtype), batch, "uncond")
         if uncond.shape[1:] != cond.shape[1:] and cfg_batch:
-            raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} differ in tokens/dim; "
-                             "pad them or pass cfg_batch=False")
+            raise ValueError(
+                f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} differ in tokens/dim; "
+                "pad them or pass cfg_batch=False"
+            )
     eps = _guided_eps(unet, cond, uncond, float(cfg_scale), cfg_batch)
 
     if sampler == "ddim":
