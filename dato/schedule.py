@@ -22,11 +22,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_write_bytes
 
 __all__ = [
     "FULL",
@@ -330,16 +331,7 @@ class Schedule:
         path = Path(path)
         if path.exists() and not overwrite:
             raise ScheduleError(f"a schedule file {path.name!r} already exists; choose another name")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def with_provenance(self, **info: Any) -> Schedule:
         merged = dict(self.provenance)
