@@ -66,8 +66,16 @@ def unet() -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = UNetModel(
-        image_size=8, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-        attention_resolutions=(1,), num_head_channels=8, use_spatial_transformer=True, context_dim=32,
+        image_size=8,
+        in_channels=4,
+        out_channels=4,
+        model_channels=32,
+        num_res_blocks=1,
+        channel_mult=(1, 2),
+        attention_resolutions=(1,),
+        num_head_channels=8,
+        use_spatial_transformer=True,
+        context_dim=32,
         legacy=False,
     )
     randomize_zero_init(model, seed=0)

@@ -86,7 +86,10 @@ class StandaloneBackend:
     def macs(self, schedule: Schedule) -> float:
         """Analytic UNet MACs of sampling one image with ``schedule`` (one UNet pass per step)."""
         if self._context_len is None:
-            self._context_len = int(self.encode([""]).shape[1])
+            # the unconditional context has the prompt length and exists for every backend (an empty prompt
+            # does not: the fixture's prompts must name a digit)
+            context = self.null_context(1) if self.null_context is not None else self.encode([""])
+            self._context_len = int(context.shape[1])
         cost = trace_unet_cost(self.unet, context_len=self._context_len)
         return cost.schedule_macs(schedule.resample(self.steps), self.latent_shape[-2], self.latent_shape[-1],
                                   self.max_downsample)
