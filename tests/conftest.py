@@ -21,6 +21,18 @@ from dato.models import build_unet, tiny_unet_config  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small ops: one thread is about as fast on an idle machine and many times faster on a busy one.
+
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``; the count is restored after.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_unet() -> torch.nn.Module:
     """SD1 block topology (12/1/12, attention at ds 1/2/4), 32 channels, zero-init weights re-randomised."""

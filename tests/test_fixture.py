@@ -16,13 +16,7 @@ from dato.fixture.train import TrainOptions, eps_mse, train_diffusion
 BASELINE_LABELS = torch.arange(10).repeat(3)  # 3 samples per digit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops: one thread is about as fast on an idle machine and many times faster on a busy one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

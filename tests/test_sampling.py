@@ -45,13 +45,7 @@ class PointOracle:
         return ((x.double() - a.sqrt() * self.x0) / (1 - a).sqrt()).to(x.dtype)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops: one thread is about as fast on an idle machine and many times faster on a busy one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
