@@ -40,6 +40,8 @@ class QualityConfig:
     seed: int = 0
     out: str = "docs/quality"
     plot: bool = True
+    threads: int = 0
+    only: tuple[str, ...] = ()
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -64,7 +66,7 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     cost = trace_unet_cost(fx.unet, context_len=fx.class_contexts([0]).shape[1])
     height, width = fx.latent_shape[-2:]
     full = cost.full_step_macs(height, width) * config.steps
-    variants = build_variants(config.steps)
+    variants = select_variants(build_variants(config.steps), config.only)
     rows: list[dict] = []
     reference = None
     for i, variant in enumerate(variants, 1):
@@ -90,6 +92,17 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     for i in pareto_front([(r["macs_speedup"], r["ssim"]) for r in rows]):
         rows[i]["pareto"] = True
     return rows
+
+
+def select_variants(variants: list[Variant], only: tuple[str, ...]) -> list[Variant]:
+    """The baseline plus the named variants (all when ``only`` is empty); unknown names are an error."""
+    if not only:
+        return variants
+    known = {v.name for v in variants}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+    return [v for v in variants if v.group == "baseline" or v.name in only]
 
 
 def _sample(fx, variant: Variant, labels: torch.Tensor, noise: torch.Tensor, config: QualityConfig):
@@ -149,14 +162,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/quality", help="folder for quality.md, quality-timing.md, JSON, plot")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                        help="run only this variant (and the baseline); repeat for several")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's choice; 1 is fastest on a shared 2-core machine)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.steps < 2 or args.per_class < 1:
         raise SystemExit("--steps must be >= 2 and --per-class >= 1")
     config = QualityConfig(steps=args.steps, per_class=args.per_class, sampler=args.sampler, seed=args.seed,
-                           out=args.out, plot=not args.no_plot)
-    rows = run_quality(config, log=lambda m: print(m, flush=True))
+                           out=args.out, plot=not args.no_plot, threads=args.threads, only=tuple(args.only))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        rows = run_quality(config, log=lambda m: print(m, flush=True))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text(format_markdown(rows, timing=False))

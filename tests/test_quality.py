@@ -1,0 +1,66 @@
+"""``python -m dato quality`` on the trained fixture: deterministic, complete, and honest about bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from dato import quality
+from dato.quality import QualityConfig, format_markdown, pareto_front, run_quality
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ONLY = ("deepcache-every2-d0", "prune 0.5")
+
+
+def small(tmp_path, **kw) -> QualityConfig:
+    return QualityConfig(steps=4, per_class=1, out=str(tmp_path), plot=False, only=ONLY, **kw)
+
+
+def test_pareto_front_by_hand():
+    points = [(1.0, 1.0), (2.0, 0.9), (1.5, 0.8), (3.0, 0.5), (2.0, 0.9)]
+    # (1.5, 0.8) is dominated by (2.0, 0.9); the two equal points do not dominate each other
+    assert pareto_front(points) == [0, 1, 3, 4]
+
+
+def test_rows_are_deterministic_and_complete(tmp_path):
+    first = run_quality(small(tmp_path), log=lambda m: None)
+    second = run_quality(small(tmp_path), log=lambda m: None)
+    assert [r["name"] for r in first] == ["baseline", "prune 0.5", "deepcache-every2-d0"]
+    base = first[0]
+    assert base["macs_speedup"] == 1.0 and base["psnr"] == float("inf") and base["ssim"] == 1.0
+    assert base["pareto"]
+    cached = first[2]
+    assert cached["macs_speedup"] > 1.5 and 0 < cached["ssim"] < 1 and cached["rel_l2"] > 0
+    assert 0 <= cached["accuracy"] <= 1 and cached["frechet"] > 0
+    assert format_markdown(first, timing=False) == format_markdown(second, timing=False)
+    timing = format_markdown(first, timing=True)
+    assert timing.splitlines()[0] == "| variant | MACs x | wall-time x | seconds |"
+
+
+def test_command_writes_the_files(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    quality.add_arguments(parser)
+    args = parser.parse_args(["--steps", "3", "--per-class", "1", "--out", str(tmp_path), "--no-plot",
+                              "--only", "prune 0.5", "--threads", "1"])
+    assert quality.run(args) == 0
+    table = (tmp_path / "quality.md").read_text()
+    assert table.count("\n") == 4 and "| prune 0.5 |" in table
+    data = json.loads((tmp_path / "quality.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["baseline", "prune 0.5"]
+    assert "seconds" not in data["rows"][0]  # the JSON holds only the deterministic columns
+    assert (tmp_path / "quality-timing.md").is_file() and not (tmp_path / "quality.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "1"], "--steps must be >= 2"),
+    (["--per-class", "0"], "--per-class >= 1"),
+    (["--only", "no such variant", "--steps", "2"], "unknown variant"),
+])
+def test_bad_arguments(tmp_path, argv, message):
+    parser = argparse.ArgumentParser()
+    quality.add_arguments(parser)
+    with pytest.raises(SystemExit, match=message):
+        quality.run(parser.parse_args([*argv, "--out", str(tmp_path), "--no-plot"]))
