@@ -104,7 +104,8 @@ function datoDrawPreviews(root) {
         drawing.innerHTML = datoPreviewHtml(data);
         box.classList.add("dato-drawn");
         var container = box.closest("[id^=script_]");
-        var tab = container && container.id.indexOf("img2img") >= 0 ? "img2img" : "txt2img";
+        if (!container) return; // not an accordion's preview (the Search tab's front point)
+        var tab = container.id.indexOf("img2img") >= 0 ? "img2img" : "txt2img";
         var summary = root.querySelector("#script_" + tab + "_dato_summary");
         if (summary) summary.textContent = datoSummaryText(data);
     });
@@ -189,12 +190,28 @@ function datoWatch(root) {
     });
 }
 
+// The Search tab: while its status says a search is running (a marker the server adds) and the tab is shown,
+// press its Refresh button every few seconds, so progress and the front appear without a click.
+var datoSearchPollMs = 5000;
+
+function datoPollSearch(root) {
+    var tab = root.querySelector("#tab_dato_search");
+    var button = root.querySelector("#dato_search_refresh");
+    if (!tab || !button || tab.offsetParent === null) return;
+    if (!root.querySelector("#dato_search_status .dato-search-running")) return;
+    var now = Date.now();
+    if (button.datoLastPoll && now - button.datoLastPoll < datoSearchPollMs) return;
+    button.datoLastPoll = now;
+    button.click();
+}
+
 if (typeof onUiLoaded === "function") {
     onUiLoaded(function() {
         datoWatch(gradioApp());
         datoDrawPreviews(gradioApp());
         setInterval(function() {
             datoResendLostContext(gradioApp());
+            datoPollSearch(gradioApp());
         }, 1000);
     });
 }

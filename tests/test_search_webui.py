@@ -96,6 +96,9 @@ def test_start_status_cancel_and_save_through_the_routes(client, search_tab, tmp
     assert client.get("/dato/v1/search/web").json()["state"] == "cancelled"
     assert client.delete("/dato/v1/search/web").status_code == 409
     assert [run["run_id"] for run in client.get("/dato/v1/search").json()["searches"]] == ["web"]
+    results = client.get("/dato/v1/search/web/results").json()
+    assert results["status"] == "cancelled" and results["run_id"] == "web" and results["evaluations"]
+    assert client.get("/dato/v1/search/nope/results").status_code == 404
     # save a front point: it becomes a schedule the accordion lists
     front = client.get("/dato/v1/search/web").json()["front"]
     r = client.post("/dato/v1/search/web/save", json={"id": front[0]["id"], "name": "my-searched"})
@@ -150,6 +153,10 @@ def test_a_finished_run_survives_a_restart_and_resumes_by_run_id(client, search_
     search_tab.JOBS.clear()  # as after a WebUI restart: the status comes from the results file
     st = client.get("/dato/v1/search/web").json()
     assert st["source"] == "results" and st["state"] == "done" and st["front"]
+    tab = search_tab.on_ui_tabs()[0][0]  # the tab opens on the last run's results
+    load = next(tab.fns[i].fn for i, d in enumerate(tab.config["dependencies"]) if d["trigger"] == "load")
+    _, pick, message = load()
+    assert "**web**: done" in message and "min left" not in message and len(pick["choices"]) == len(st["front"])
 
 
 def test_the_tab_builds_and_its_inputs_make_a_valid_request(search_tab):
@@ -185,3 +192,69 @@ def test_the_plot_on_page_load_sends_no_nan_to_the_browser(search_tab):
     assert data is None and choices == [] and "No search yet" in message
     data, _, _ = search_tab._front_table("no-such-run")
     assert data is None
+
+
+def _tab_event(tab, elem_id: str, trigger: str):
+    """(function, outputs) of the event ``trigger`` on the tab's component ``elem_id``, as Gradio will run it."""
+    target = next(b._id for b in tab.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    index = next(i for i, d in enumerate(tab.config["dependencies"])
+                 if d["targets"] == [target] and d["trigger"] == trigger)
+    return tab.fns[index].fn, tab.config["dependencies"][index]["outputs"]
+
+
+def test_save_as_schedule_refreshes_the_accordions_schedule_dropdowns_at_once(client, search_tab, host):
+    import sys
+
+    ui = sys.modules["dato_webui.ui"]
+    page = {d.elem_id: d for d in ui.schedule_dropdowns()}
+    # the page's dropdowns (the first build), not the copies ui() makes again for the API's defaults
+    assert list(page) == ["script_txt2img_dato_schedule", "script_txt2img_dato_hr_schedule",
+                          "script_img2img_dato_schedule", "script_img2img_dato_hr_schedule"]
+    assert all(d.is_rendered for d in page.values())
+    assert client.post("/dato/v1/search", json=_body(generations=1)).status_code == 202
+    assert search_tab.JOBS["web"].wait(120)
+    tab = search_tab.on_ui_tabs()[0][0]
+    load = next(tab.fns[i].fn for i, d in enumerate(tab.config["dependencies"]) if d["trigger"] == "load")
+    data, pick, message = load()  # page load: the tab finds the run and offers its front
+    assert "**web**: done" in message and pick["choices"] and pick["value"] == pick["choices"][0]
+    assert set(data["kind"]) >= {"baseline", "front"} and data[["cost", "quality"]].notna().all().all()
+    plot = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "dato_search_plot")
+    (x_lo, x_hi), (y_lo, y_hi) = plot.x_lim, plot.y_lim  # a margin: the baseline is not cut at the corner
+    assert x_lo <= 0 and x_hi > data["cost"].max() and y_lo < data["quality"].min() and y_hi > data["quality"].max()
+    assert plot.postprocess(data)["type"] == "altair"
+
+    save, outputs = _tab_event(tab, "dato_search_save", "click")
+    assert outputs[1:] == [d._id for d in page.values()], "the save event updates the four dropdowns"
+    message, *updates = save(pick["value"], "  from-the-tab ")
+    assert "Saved **from-the-tab**" in message and len(updates) == 4
+    assert all("from-the-tab" in u["choices"] for u in updates)
+    assert all("value" not in u for u in updates), "the user's selection is left alone"
+    message, *updates = save(pick["value"], "from-the-tab")  # a taken name: refused, dropdowns untouched
+    assert "Not saved" in message and "already exists" in message and all(set(u) == {"__type__"} for u in updates)
+    message, *_ = save(None, "other")
+    assert message == "Pick a front point first."
+
+
+def test_picking_a_front_point_shows_its_steps_and_refresh_keeps_the_pick(client, search_tab, host):
+    assert client.post("/dato/v1/search", json=_body(generations=1)).status_code == 202
+    assert search_tab.JOBS["web"].wait(120)
+    tab = search_tab.on_ui_tabs()[0][0]
+    refresh, _ = _tab_event(tab, "dato_search_refresh", "click")
+    _, pick, message = refresh(None)
+    assert len(pick["choices"]) >= 2 and "dato-search-running" not in message  # finished: the page stops polling
+    second = pick["choices"][1]
+    assert refresh(second)[1]["value"] == second, "a refresh while the search runs keeps the user's pick"
+    show, _ = _tab_event(tab, "dato_search_pick", "change")
+    html = show(second)
+    point = next(p for p in search_tab.status("web")["front"] if p["id"] == search_tab._pick_id(second))
+    assert f"<code>{point['preview']}</code>" in html and 'class="dato-preview" data-dato=' in html
+    assert show(None) == "" and show("#99999  cost 0  quality 0  F") == ""
+
+
+def test_the_status_carries_the_polling_mark_only_while_running(client, search_tab):
+    assert client.post("/dato/v1/search", json=_body(generations=8)).status_code == 202
+    _, _, message = search_tab._front_table("web")
+    assert search_tab.RUNNING_MARK in message
+    search_tab.cancel("web")
+    search_tab.JOBS["web"].wait(120)
+    assert search_tab.RUNNING_MARK not in search_tab._front_table("web")[2]

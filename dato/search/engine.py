@@ -10,7 +10,7 @@ files live in ``<results_dir>/<run_id>/``:
   run id resumes from it; because the algorithm's random state is in it and
   every evaluation is archived, the resumed run ends with the same front as an
   uninterrupted one.
-* ``reference.pt`` — the unaccelerated samples (made once per search).
+* ``reference.npz`` — the unaccelerated samples (made once per search; numpy, no pickle).
 * ``results.json`` — every evaluated schedule with its objectives, the Pareto
   front, settings, prompts and model; rewritten atomically after every
   generation (``status`` running / cancelled / done / failed).
@@ -19,7 +19,6 @@ files live in ``<results_dir>/<run_id>/``:
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import math
 import pickle
 import statistics
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import __version__
 from ..schedule import Schedule, ScheduleError, _action_to_json, find_schedules, load_schedule
@@ -39,7 +37,16 @@ from .genome import GenomeSpec, dato_ratio_code
 from .imagereward import ScorerUnavailable
 from .objectives import PSNR_CAP, Samples, fidelity, imagereward_quality
 from .problem import ScheduleProblem, SeedSchedule, build_nsga2, uniform_seeds
-from .results import RESULTS_FORMAT, atomic_pickle, atomic_write_bytes, atomic_write_json, load_pickle, pareto_front
+from .results import (
+    REFERENCE_FILE,
+    RESULTS_FORMAT,
+    atomic_pickle,
+    atomic_write_json,
+    load_pickle,
+    load_reference,
+    pareto_front,
+    save_reference,
+)
 from .settings import SearchSettings, SettingsError, default_results_dir
 
 __all__ = ["ScheduleSearch", "SearchCancelled", "SearchProgress", "CHECKPOINT_FORMAT"]
@@ -153,7 +160,7 @@ class ScheduleSearch:
 
     @property
     def reference_path(self) -> Path:
-        return self.run_dir / "reference.pt"
+        return self.run_dir / REFERENCE_FILE
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -283,17 +290,16 @@ class ScheduleSearch:
         pairs = self.settings.pairs()
         ref = None
         if self.reference_path.exists():
-            data = torch.load(self.reference_path, map_location="cpu", weights_only=False)
-            if data.get("pairs") == [list(p) for p in pairs] and data.get("identity") == self.settings.identity_hash():
+            data = load_reference(self.reference_path)
+            if data is not None and data["pairs"] == [list(p) for p in pairs] \
+                    and data["identity"] == self.settings.identity_hash():
                 ref = data
         if ref is None:
             self._set(message="making the unaccelerated reference samples")
             samples, times = self._generate(None)
             ref = {"pairs": [list(p) for p in pairs], "identity": self.settings.identity_hash(),
                    "latents": samples.latents, "images": samples.images, "times": times}
-            buf = io.BytesIO()
-            torch.save(ref, buf)
-            atomic_write_bytes(self.reference_path, buf.getvalue())
+            save_reference(self.reference_path, ref)
         self.reference = Samples(pairs, ref["latents"], ref["images"], statistics.median(ref["times"]))
         self._baseline_time = max(statistics.median(ref["times"]), 1e-9)
         self._reference_times = list(ref["times"])

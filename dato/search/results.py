@@ -13,10 +13,13 @@ from ..fileio import atomic_write_bytes
 from ..schedule import Schedule, _action_from_json
 
 __all__ = [
+    "REFERENCE_FILE",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_pickle",
     "load_pickle",
+    "load_reference",
+    "save_reference",
     "pareto_front",
     "load_results",
     "schedule_from_result",
@@ -24,6 +27,9 @@ __all__ = [
 ]
 
 RESULTS_FORMAT = 1
+# The unaccelerated samples of a search, as a numpy archive: the WebUI replaces ``torch.load`` with a checker
+# (``modules/safe.py``) that refuses files newer torch writes, and a tensor archive needs no unpickling anyway.
+REFERENCE_FILE = "reference.npz"
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
@@ -38,6 +44,47 @@ def atomic_pickle(path: str | os.PathLike[str], obj: Any) -> Path:
 def load_pickle(path: str | os.PathLike[str]) -> Any:
     with open(path, "rb") as fh:
         return pickle.load(fh)
+
+
+def save_reference(path: str | os.PathLike[str], reference: Mapping[str, Any]) -> Path:
+    """Write ``{"pairs", "identity", "times", "latents", "images" (tensor or None)}`` atomically (numpy, no pickle).
+
+    Tensors are stored as float32 with their dtype, so :func:`load_reference` gives back the same values and
+    dtype (float16 and bfloat16 widen to float32 exactly).
+    """
+    import io
+
+    import numpy as np
+
+    arrays, dtypes = {}, {}
+    for key in ("latents", "images"):
+        tensor = reference.get(key)
+        if tensor is not None:
+            arrays[key] = tensor.detach().float().cpu().numpy()
+            dtypes[key] = str(tensor.dtype).removeprefix("torch.")
+    meta = {"pairs": [list(p) for p in reference["pairs"]], "identity": reference["identity"],
+            "times": [float(t) for t in reference["times"]], "dtypes": dtypes}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_reference(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What :func:`save_reference` wrote (tensors on the CPU), or ``None`` for a missing or unreadable file."""
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(bytes(archive["meta"]).decode("utf-8"))
+            out: dict[str, Any] = {"pairs": meta["pairs"], "identity": meta["identity"], "times": meta["times"],
+                                   "images": None}
+            for key, dtype in meta["dtypes"].items():
+                out[key] = torch.from_numpy(archive[key].copy()).to(getattr(torch, dtype))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+    return out if "latents" in out else None
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:

@@ -49,8 +49,25 @@ HINTS = {
 }
 
 
+# The accordions' schedule dropdowns on the page, by tab ("txt2img", "img2img"): those of the build that wires
+# the events (later ``ui()`` calls for the API's defaults build throwaway copies); "Reload UI" replaces them.
+# The Search tab updates their choices when it saves a schedule, so the new one is there without pressing 🔄.
+SCHEDULE_DROPDOWNS: dict[str, list[Any]] = {}
+
+
 def schedule_choices() -> list[str]:
     return store.names()
+
+
+def schedule_dropdowns() -> list[Any]:
+    """The page's schedule dropdowns (first pass and hires pass of each tab), for events that refresh them."""
+    return [dropdown for tab in ("txt2img", "img2img") for dropdown in SCHEDULE_DROPDOWNS.get(tab, [])]
+
+
+def refreshed_choices(count: int) -> list[Any]:
+    """``count`` Gradio updates that give schedule dropdowns the installed schedules as choices."""
+    fresh = schedule_choices()
+    return [gr.update(choices=fresh) for _ in range(count)]
 
 
 def _elem(script: Any, name: str) -> str:
@@ -121,6 +138,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
 
     if not getattr(script, "_dato_events_wired", False):  # ui() runs again for API defaults: no events then
         script._dato_events_wired = True
+        SCHEDULE_DROPDOWNS["img2img" if is_img2img else "txt2img"] = [c["schedule"], c["hr_schedule"]]
         inputs = controls[1:] + [context]
 
         def update_preview(*values):
@@ -133,11 +151,8 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
         c["hr_mode"].change(fn=lambda m: gr.update(visible=m == "own"), inputs=[c["hr_mode"]],
                             outputs=[hr_group], show_progress=False)
 
-        def refresh_choices():
-            fresh = schedule_choices()
-            return gr.update(choices=fresh), gr.update(choices=fresh)
-
-        refresh.click(fn=refresh_choices, inputs=[], outputs=[c["schedule"], c["hr_schedule"]], show_progress=False)
+        refresh.click(fn=lambda: refreshed_choices(2), inputs=[], outputs=[c["schedule"], c["hr_schedule"]],
+                      show_progress=False)
 
     script.infotext_fields = [PasteField(c[name], INFOTEXT_KEYS[name], api=None) for name in ARG_NAMES]
     script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES]
@@ -225,4 +240,5 @@ def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> 
     return f'<div class="dato-preview" data-dato="{payload}"><div class="dato-preview-text">{text}</div></div>'
 
 
-__all__ = ["build", "pass_steps", "preview_data", "preview_html", "schedule_choices"]
+__all__ = ["SCHEDULE_DROPDOWNS", "build", "pass_steps", "preview_data", "preview_html", "refreshed_choices",
+           "schedule_choices", "schedule_dropdowns"]
