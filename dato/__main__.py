@@ -15,6 +15,9 @@ COMMANDS = {
     "bench": ("dato.bench", "time and count MACs of every method and preset against the baseline"),
     "search": ("dato.search.cli", "NSGA-II schedule search on a checkpoint or the built-in model"),
     "quality": ("dato.quality", "quality-vs-speed table on the trained fixture model"),
+    "calibrate": ("dato.calibrate_cli", "SmoothCache-style calibration: error curves -> schedule at a threshold"),
+    "gates": ("dato.gates_cli", "DiP-GO-style gradient gates: learn a schedule at a MACs budget"),
+    "compare": ("dato.compare", "uniform vs calibration vs NSGA-II vs gates at equal MACs on the fixture"),
     "schedules": ("dato.schedule_cli", "list, show and validate schedule files"),
 }
 

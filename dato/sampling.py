@@ -238,7 +238,6 @@ def _validate(
         raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
 
 
-@torch.no_grad()
 def sample(
     unet: Callable[..., torch.Tensor],
     noise: torch.Tensor,
@@ -252,6 +251,7 @@ def sample(
     on_step: StepCallback | None = None,
     cfg_batch: bool = True,
     generator: torch.Generator | None = None,
+    grad: bool = False,
 ) -> torch.Tensor:
     """Sample from an eps-prediction UNet, starting from unit-variance ``noise``.
 
@@ -261,7 +261,16 @@ def sample(
     ``alphas_cumprod`` defaults to SD's schedule. ``generator`` feeds only the
     ancestral sampler's noise (a fixed seed when omitted, so every call is
     deterministic). Returns the final latent, same shape and dtype as ``noise``.
+    ``grad=True`` keeps autograd on through every step (gate training backpropagates
+    through the whole trajectory); by default sampling runs under ``no_grad``.
     """
+    with torch.set_grad_enabled(grad):
+        return _sample(unet, noise, cond, uncond, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                       alphas_cumprod=alphas_cumprod, on_step=on_step, cfg_batch=cfg_batch, generator=generator)
+
+
+def _sample(unet, noise, cond, uncond, *, steps, sampler, cfg_scale, alphas_cumprod, on_step, cfg_batch,
+            generator) -> torch.Tensor:
     ac = sd_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod)
     _validate(noise, steps, sampler, float(cfg_scale), ac)
     ac = ac.to(device=noise.device, dtype=torch.float32)

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from .schedule import Schedule, ScheduleError, find_schedules, load_schedule
+from .schedule import Schedule, ScheduleError, builtin_schedule_dir, find_schedules, load_schedule
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "save_named"]
+
+
+def save_named(schedule: Schedule, name: str, save_dir: str | None = None) -> Path | None:
+    """Save ``schedule`` as ``name`` (default folder ``schedules/user``) for the CLIs' ``--save`` options.
+
+    Returns the path, or ``None`` after printing the reason (bad name, file exists) to stderr.
+    """
+    folder = Path(save_dir) if save_dir else builtin_schedule_dir() / "user"
+    try:
+        named = Schedule.from_dict({**schedule.to_dict(), "name": name})
+        return named.save(folder / f"{name}.json")
+    except ScheduleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,10 +19,11 @@ from ..schedule import ScheduleError
 from .genome import DEFAULT_RATIO_LEVELS
 from .settings import MODES, SearchSettings
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "add_model_arguments", "backend_from_args", "prompts_from_args", "run"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model to load: shared by ``search``, ``calibrate`` and ``gates``."""
     model = parser.add_argument_group("model (default: built-in random SD1.5-shaped UNet, no weights needed)")
     src = model.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="PATH", help="SD1.x .safetensors/.ckpt (UNet, CLIP, VAE from it)")
@@ -37,10 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--tokenizer", default="openai/clip-vit-large-patch14",
                        help="checkpoint: CLIP tokenizer name or local folder")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     samp = parser.add_argument_group("sampling")
     samp.add_argument("--steps", type=int, default=None, help="sampling steps = genome length (default 8)")
     samp.add_argument("--sampler", choices=("euler", "euler_a", "heun", "ddim"), default="euler")
-    samp.add_argument("--cfg", type=float, default=None, help="CFG scale (default 7.5; the fixture's own default)")
+    samp.add_argument("--cfg", type=float, default=None, help="CFG scale (default 7.5; with --fixture the "
+                      "fixture's own, 2.0)")
     samp.add_argument("--samples", type=int, default=None, help="images per evaluation (default 1)")
     prompts = samp.add_mutually_exclusive_group()
     prompts.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
@@ -75,20 +80,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     srch.add_argument("--save-dir", help="folder for --save-best (default schedules/user)")
 
 
-def _settings(args: argparse.Namespace) -> SearchSettings:
+def prompts_from_args(args: argparse.Namespace) -> list[str]:
+    """``--prompts-file``, ``--prompt``s, or the model's default set (digit prompts for ``--fixture``)."""
     if args.prompts_file:
         lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
-        prompts = [ln.strip() for ln in lines if ln.strip()]
-    elif args.prompt:
-        prompts = args.prompt
-    elif args.fixture:
+        return [ln.strip() for ln in lines if ln.strip()]
+    if args.prompt:
+        return list(args.prompt)
+    if args.fixture:
         from .standalone import fixture_prompts
 
-        prompts = fixture_prompts()
-    else:
-        from .settings import DEFAULT_PROMPTS
+        return fixture_prompts()
+    from .settings import DEFAULT_PROMPTS
 
-        prompts = list(DEFAULT_PROMPTS)
+    return list(DEFAULT_PROMPTS)
+
+
+def _settings(args: argparse.Namespace) -> SearchSettings:
+    prompts = prompts_from_args(args)
     try:
         ratios = tuple(sorted({int(v) / 10 for v in args.ratios.split(",") if v.strip()}))
     except ValueError:
@@ -106,18 +115,23 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
 
 
 def _backend(args: argparse.Namespace, settings: SearchSettings):
+    return backend_from_args(args, settings.steps)
+
+
+def backend_from_args(args: argparse.Namespace, steps: int):
+    """The :class:`~dato.search.standalone.StandaloneBackend` that the model arguments ask for."""
     from . import standalone
 
     if args.checkpoint:
         import torch
 
         return standalone.checkpoint_backend(
-            args.checkpoint, steps=settings.steps, sampler=args.sampler,
+            args.checkpoint, steps=steps, sampler=args.sampler,
             cfg_scale=7.5 if args.cfg is None else args.cfg, size=args.size, device=args.device,
             dtype=torch.float16 if args.half else torch.float32, tokenizer=args.tokenizer)
     if args.fixture:
-        return standalone.fixture_backend(steps=settings.steps, sampler=args.sampler, cfg_scale=args.cfg)
-    return standalone.builtin_backend(latent_size=args.latent_size, steps=settings.steps, sampler=args.sampler,
+        return standalone.fixture_backend(steps=steps, sampler=args.sampler, cfg_scale=args.cfg)
+    return standalone.builtin_backend(latent_size=args.latent_size, steps=steps, sampler=args.sampler,
                                       cfg_scale=7.5 if args.cfg is None else args.cfg, model=args.builtin)
 
 
@@ -163,14 +177,10 @@ def run(args: argparse.Namespace) -> int:
           f"results: {search.results_path}")
     if args.save_best:
         pick = _pick(results)
-        schedule = schedule_from_result(results, pick["id"], args.save_best)
-        from ..schedule import builtin_schedule_dir
+        from ..schedule_cli import save_named
 
-        folder = Path(args.save_dir) if args.save_dir else builtin_schedule_dir() / "user"
-        try:
-            path = schedule.save(folder / f"{args.save_best}.json")
-        except ScheduleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        path = save_named(schedule_from_result(results, pick["id"], args.save_best), args.save_best, args.save_dir)
+        if path is None:
             return 2
         print(f"saved #{pick['id']} as {path}")
     return 0

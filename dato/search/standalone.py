@@ -94,21 +94,33 @@ class StandaloneBackend:
         return cost.schedule_macs(schedule.resample(self.steps), self.latent_shape[-2], self.latent_shape[-1],
                                   self.max_downsample)
 
-    @torch.no_grad()
-    def generate(self, schedule: Schedule | None, pairs: Sequence[tuple[str, int]]) -> Samples:
+    def sample_latents(self, pairs: Sequence[tuple[str, int]], *, unet: Callable[..., torch.Tensor] | None = None,
+                       on_step: Callable[[int, int], None] | None = None, grad: bool = False) -> torch.Tensor:
+        """Final latents of ``(prompt, seed)`` pairs in one batch: seeded noise, the prompts' conditioning, CFG.
+
+        ``unet`` replaces the model call (gate training passes its gated UNet); ``on_step(i, n)`` runs
+        before each step; ``grad`` keeps autograd on. Calibration, gates and :meth:`generate` share it.
+        """
         if self.sample_fn is not None:
             sample = self.sample_fn
         else:
             from ..sampling import sample
+        noise = torch.stack([
+            torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(seed))) for _, seed in pairs
+        ]).to(self.device, self.dtype)
+        cond = self.encode([str(p) for p, _ in pairs]).to(self.device, self.dtype)
+        uncond = self.null_context(len(pairs)).to(self.device, self.dtype) if self.null_context else None
+        extra = {"grad": True} if grad else {}
+        return sample(self.unet if unet is None else unet, noise, cond, uncond, steps=self.steps,
+                      sampler=self.sampler, cfg_scale=self.cfg_scale, alphas_cumprod=self.alphas_cumprod,
+                      on_step=on_step, **extra)
+
+    @torch.no_grad()
+    def generate(self, schedule: Schedule | None, pairs: Sequence[tuple[str, int]]) -> Samples:
         pairs = [(str(p), int(s)) for p, s in pairs]
         latents, images, seconds = [], [], 0.0
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start:start + self.batch_size]
-            noise = torch.stack([
-                torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(seed)) for _, seed in chunk
-            ]).to(self.device, self.dtype)
-            cond = self.encode([p for p, _ in chunk]).to(self.device, self.dtype)
-            uncond = self.null_context(len(chunk)).to(self.device, self.dtype) if self.null_context else None
             on_step = None
             if schedule is not None:
                 apply_patch(self.unet, schedule, clock="manual", max_downsample=self.max_downsample,
@@ -117,8 +129,7 @@ class StandaloneBackend:
             try:
                 _sync(self.device)
                 t0 = time.perf_counter()
-                out = sample(self.unet, noise, cond, uncond, steps=self.steps, sampler=self.sampler,
-                             cfg_scale=self.cfg_scale, alphas_cumprod=self.alphas_cumprod, on_step=on_step)
+                out = self.sample_latents(chunk, on_step=on_step)
                 _sync(self.device)
                 seconds += time.perf_counter() - t0
             finally:
@@ -192,7 +203,10 @@ def fixture_backend(steps: int = 8, sampler: str = "euler", cfg_scale: float | N
                     ) -> StandaloneBackend:
     """The trained tiny ldm UNet of :mod:`dato.fixture` (class prompts "a handwritten digit N").
 
-    It works in pixel space, so its samples are images (decoding is clipping): fidelity is PSNR in pixels.
+    It works in pixel space: its "decoder" (:func:`dato.fixture.nets.decode`) only drops each sample's mean
+    brightness, adds the data's mean and clips to [-1, 1], so its samples are images and fidelity is PSNR in
+    pixels. ``cfg_scale=None`` takes the fixture's own guidance, :data:`dato.fixture.DEFAULT_CFG_SCALE` (2.0),
+    not SD's 7.5.
     """
     import json
 
@@ -207,7 +221,7 @@ def fixture_backend(steps: int = 8, sampler: str = "euler", cfg_scale: float | N
         return int(digits[0])
 
     config_hash = hashlib.sha256(json.dumps(fx.config, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    cfg = getattr(fixture_module, "DEFAULT_CFG_SCALE", 3.0) if cfg_scale is None else cfg_scale
+    cfg = fixture_module.DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale
     return StandaloneBackend(
         fx.unet, steps=steps, latent_shape=tuple(fx.latent_shape),
         encode=lambda prompts: fx.class_contexts([label(p) for p in prompts]),
