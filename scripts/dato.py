@@ -81,6 +81,8 @@ def _on_app_started(demo, app):
     api.register(app)
     if search_tab is not None and hasattr(search_tab, "register"):
         search_tab.register(app)
+    if search_tab is not None:  # calibration and gate routes (their sections live in the Search tab)
+        importlib.import_module("dato_webui.generators").register(app)
 
 
 def _on_model_loaded(sd_model):

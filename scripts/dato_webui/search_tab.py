@@ -16,7 +16,12 @@ supplies its backend and its surfaces:
 * Routes (``register(app)``): ``POST /dato/v1/search`` start,
   ``GET /dato/v1/search`` list, ``GET /dato/v1/search/{run_id}`` status with
   the Pareto front, ``DELETE /dato/v1/search/{run_id}`` cancel,
+  ``GET /dato/v1/search/{run_id}/results`` the whole results file (every evaluation, settings, model),
   ``POST /dato/v1/search/{run_id}/save`` save a front point as a schedule.
+* The tab (``on_ui_tabs``): settings, start/cancel, a status line that ``javascript/dato.js`` refreshes every
+  few seconds while a search runs, a cost/quality plot, a front-point picker (Gradio 3.41's ScatterPlot has
+  no select event) with the point's step preview and its sample beside the baseline's, and "Save as
+  schedule", which also refreshes the accordions' schedule dropdowns (:data:`ui.SCHEDULE_DROPDOWNS`).
 """
 
 import json
@@ -31,6 +36,7 @@ from dato.macs import trace_unet_cost
 from dato.schedule import Schedule, ScheduleError
 from dato.search import SearchCancelled, SearchJob, SearchSettings, SettingsError, load_results, schedule_from_result
 from dato.search.objectives import Samples
+from dato.search.results import REFERENCE_FILE, load_reference
 
 from . import store
 
@@ -279,6 +285,15 @@ def status(run_id: str) -> dict[str, Any]:
             + ("; start it again with the same settings and run id to resume" if results["status"] != "done" else "")}
 
 
+def results_of(run_id: str) -> dict[str, Any]:
+    """The results file of ``run_id`` as written so far (the search rewrites it after every generation)."""
+    path = store.search_dir() / run_id / "results.json"
+    if not _safe_run_id(run_id) or not path.is_file():
+        raise SearchRequestError(f"no results for a search named {run_id!r}" + (" yet" if run_id in JOBS else ""),
+                                 404)
+    return load_results(path)
+
+
 def list_runs() -> list[dict[str, Any]]:
     runs: dict[str, dict[str, Any]] = {}
     folder = store.search_dir()
@@ -370,6 +385,13 @@ def register(app: Any) -> None:
         except SearchRequestError as exc:
             return error(exc)
 
+    @app.get(PREFIX + "/{run_id}/results", tags=["sd-webui-dato"])
+    def results_route(run_id: str):
+        try:
+            return results_of(run_id)
+        except SearchRequestError as exc:
+            return error(exc)
+
     @app.delete(PREFIX + "/{run_id}", tags=["sd-webui-dato"])
     def cancel_route(run_id: str):
         try:
@@ -393,6 +415,9 @@ def register(app: Any) -> None:
 
 
 # ------------------------------------------------------------------ the tab
+RUNNING_MARK = '<span class="dato-search-running" hidden></span>'  # javascript/dato.js polls while it is shown
+
+
 def _front_table(run_id: str | None) -> tuple[Any, list[str], str]:
     """(scatter data, pick choices, status markdown) for the newest state of ``run_id``."""
     import pandas as pd
@@ -423,15 +448,123 @@ def _front_table(run_id: str | None) -> tuple[Any, list[str], str]:
             choices.append(f"#{p['id']}  cost {p['cost']:.3f}  quality {p['quality']:.4g}  {p['preview']}")
     data = pd.DataFrame(rows) if rows else empty
     eta = st.get("eta_seconds")
-    md = (f"**{run_id}**: {st.get('state')} — stage {st.get('stage') or '-'}, generation {st.get('generation', '-')} "
-          f"of {st.get('generations', '-')}, {st.get('evaluations', 0)} evaluations"
-          + (f", about {eta / 60:.0f} min left" if eta else "") + f"\n\n{st.get('message', '')}")
+    parts = [f"stage {st['stage']}"] if st.get("stage") else []
+    if st.get("generations"):  # a finished run started again, or one read from its file, has no live counters
+        parts.append(f"generation {st.get('generation', 0)} of {st['generations']}")
+    parts.append(f"{st.get('evaluations', 0)} evaluations")
+    if eta and st.get("running"):
+        parts.append(f"about {max(1, round(eta / 60))} min left")
+    md = f"**{run_id}**: {st.get('state')} — {', '.join(parts)}\n\n{st.get('message', '')}"
+    if st.get("running"):
+        md += "\n\n" + RUNNING_MARK
     return data, choices, md
+
+
+def _plot_limits(data: Any) -> tuple[list[float] | None, list[float] | None]:
+    """Axis ranges with a margin, so that the baseline (cost 1, fidelity at its cap) is not cut at the corner."""
+    if data is None or not len(data):
+        return None, None
+    lo, hi = float(data["quality"].min()), float(data["quality"].max())
+    pad = max(0.06 * (hi - lo), 0.05 * max(abs(hi), 1.0) if hi == lo else 0.0)
+    return [0.0, max(1.0, float(data["cost"].max())) * 1.05], [lo - pad, hi + pad]
+
+
+def _latest_run() -> str | None:
+    """The run to show when the tab opens: the newest job of this process, else the newest results file."""
+    if JOBS:
+        return list(JOBS)[-1]
+    folder = store.search_dir()
+    found = sorted(folder.glob("*/results.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    return found[-1].parent.name if found else None
+
+
+def _keep_pick(choices: list[str], current: str | None) -> str | None:
+    """The pick after a refresh: the same evaluation if it is still on the front, else the first point."""
+    wanted = _pick_id(current)
+    for choice in choices:
+        if wanted is not None and _pick_id(choice) == wanted:
+            return choice
+    return choices[0] if choices else None
+
+
+def pick_preview(run_id: str | None, choice: str | None) -> str:
+    """HTML for a picked front point: its steps and ratios, and the same cells the accordion's preview draws."""
+    import html
+
+    schedule = _picked(run_id, choice)
+    if schedule is None:
+        return ""
+    from dato.options import pass_summary
+
+    data = {"passes": [{**pass_summary(schedule, schedule.steps), "label": f"front point #{_pick_id(choice)}",
+                        "name": schedule.name}], "context": ""}
+    ratios = " ".join(str(round(r * 10)) for r in schedule.ratio)
+    text = (f"<code>{html.escape(schedule.preview())}</code> — F full, R reuse, digit = cache depth; "
+            f"{html.escape(schedule.method)} ratios <code>{ratios}</code> (tenths)")
+    payload = html.escape(json.dumps(data, separators=(",", ":")), quote=True)
+    return (f'<div class="dato-search-pick">{text}<div class="dato-preview" data-dato="{payload}">'
+            f'<div class="dato-preview-text"></div></div></div>')
+
+
+def _run_backend(run_id: str) -> tuple[Any, list]:
+    """(backend, first (prompt, seed) pair) of a run: its live job's, or rebuilt from its results file."""
+    job = JOBS.get(run_id)
+    if job is not None and job.search.backend is not None:
+        return job.search.backend, [tuple(p) for p in job.search.settings.pairs()[:1]]
+    results = load_results(store.search_dir() / run_id / "results.json")
+    webui = {**WEBUI_FIELDS, **dict(results["settings"].get("extra", {}).get("webui", {}))}
+    backend = WebUIBackend(int(results["settings"]["steps"]), webui["sampler_name"], int(webui["width"]),
+                           int(webui["height"]), float(webui["cfg_scale"]), str(webui["negative_prompt"]))
+    return backend, [tuple(p) for p in results["pairs"][:1]]
+
+
+def _baseline_images(run_id: str, backend: Any, pairs: list):
+    """The unaccelerated sample of ``pairs[0]``: the search's reference when it has images, else made now."""
+    job = JOBS.get(run_id)
+    reference = getattr(job.search, "reference", None) if job is not None else None
+    images = getattr(reference, "images", None)
+    if images is None:
+        data = load_reference(store.search_dir() / run_id / REFERENCE_FILE)
+        if data is not None and data["pairs"][:1] == [list(pairs[0])]:
+            images = data["images"]
+    if images is not None:
+        return images[:1]
+    return backend.generate(None, pairs).images
+
+
+def show_samples(run_id: str | None, choice: str | None) -> list:
+    """Gallery items: the picked schedule's sample of the run's first (prompt, seed), then the baseline's."""
+    schedule = _picked(run_id, choice)
+    if schedule is None:
+        return []
+    backend, pairs = _run_backend(run_id)
+    picked = backend.generate(schedule, pairs).images
+    return _gallery([picked, _baseline_images(run_id, backend, pairs)])
+
+
+def save_from_tab(run_id: str | None, choice: str | None, name: str | None) -> list:
+    """The tab's "Save as schedule": [message, then one update per accordion schedule dropdown on the page]."""
+    import gradio as gr
+
+    from . import ui
+
+    dropdowns = len(ui.schedule_dropdowns())
+    unchanged = [gr.update() for _ in range(dropdowns)]
+    if _picked(run_id, choice) is None:
+        return ["Pick a front point first.", *unchanged]
+    try:
+        info = save_point(run_id, _pick_id(choice), (name or "").strip())
+    except SearchRequestError as exc:
+        return [f"**Not saved:** {exc}", *unchanged]
+    where = " in the txt2img and img2img accordions' *Cache schedule* lists" if dropdowns else ""
+    return [f"Saved **{info['name']}**; it is now{where or ' installed'}.", *ui.refreshed_choices(dropdowns)]
 
 
 def on_ui_tabs():
     """``script_callbacks.on_ui_tabs``: the "DaTo Search" tab."""
     import gradio as gr
+
+    from . import ui
 
     ensure_step_clock()
     try:
@@ -453,7 +586,8 @@ def on_ui_tabs():
                                       elem_id="dato_search_prompt_file")
                 negative = gr.Textbox(label="Negative prompt", elem_id="dato_search_negative")
                 with gr.Row():
-                    sampler = gr.Dropdown(samplers, value=samplers[0], label="Sampler", elem_id="dato_search_sampler")
+                    sampler = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
+                                          label="Sampler", elem_id="dato_search_sampler")
                     steps = gr.Slider(4, 100, value=20, step=1, label="Steps", elem_id="dato_search_steps")
                     cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id="dato_search_cfg")
                 with gr.Row():
@@ -494,6 +628,7 @@ def on_ui_tabs():
                                       title="Pareto front (cost relative to the unaccelerated run)",
                                       x_title="cost", y_title="quality", width=520, height=360,
                                       elem_id="dato_search_plot")
+                # Gradio 3.41's ScatterPlot has no select event: the front point is picked here
                 pick = gr.Dropdown([], label="Front point", elem_id="dato_search_pick")
                 preview = gr.HTML(elem_id="dato_search_preview")
                 show_btn = gr.Button("Show samples (picked vs baseline)", elem_id="dato_search_show")
@@ -507,11 +642,13 @@ def on_ui_tabs():
         inputs = [source, prompts, prompt_file, negative, sampler, steps, cfg, width, height, samples, population,
                   generations, seed, mode, method, max_depth, reuse, quality, cost, min_quality, run_id]
 
-        def refresh():
-            if state["run_id"] is None and JOBS:  # after "Reload UI" the running job is still ours to show
-                state["run_id"] = list(JOBS)[-1]
+        def refresh(current=None):
+            if state["run_id"] is None:  # after "Reload UI" or a restart: the running job or the last results
+                state["run_id"] = _latest_run()
             data, choices, md = _front_table(state["run_id"])
-            return data, gr.update(choices=choices, value=choices[0] if choices else None), md
+            # the plot's postprocess draws with the component's own limits (an update cannot carry them)
+            plot.x_lim, plot.y_lim = _plot_limits(data)
+            return data, gr.update(choices=choices, value=_keep_pick(choices, current)), md
 
         def do_start(*values):
             try:
@@ -522,47 +659,28 @@ def on_ui_tabs():
             state["run_id"] = job.run_id
             return refresh()
 
-        def do_cancel():
+        def do_cancel(current):
             if state["run_id"]:
                 try:
                     cancel(state["run_id"])
                 except SearchRequestError as exc:
                     return gr.update(), gr.update(), str(exc)
-            return refresh()
+            return refresh(current)
 
-        def do_pick(choice):
-            schedule = _picked(state["run_id"], choice)
-            if schedule is None:
-                return ""
-            return (f"<code>{schedule.preview()}</code> — F full, R reuse, digit = cache depth; ratios "
-                    f"<code>{' '.join(str(round(r * 10)) for r in schedule.ratio)}</code> (tenths)")
-
-        def do_show(choice):
-            schedule = _picked(state["run_id"], choice)
-            job = JOBS.get(state["run_id"] or "")
-            if schedule is None or job is None:
-                return []
-            backend = job.search.backend
-            pair = job.search.settings.pairs()[:1]
-            return [backend.generate(schedule, pair).images, backend.generate(None, pair).images]
-
-        def do_save(choice, name):
-            schedule = _picked(state["run_id"], choice)
-            if schedule is None:
-                return "Pick a front point first."
-            try:
-                info = save_point(state["run_id"], _pick_id(choice), name.strip())
-            except SearchRequestError as exc:
-                return f"**Not saved:** {exc}"
-            return f"Saved **{info['name']}**; press 🔄 beside the accordion's schedule dropdown to select it."
-
+        # the accordions' schedule dropdowns (built before on_ui_tabs runs): a saved schedule shows up at once
+        dropdowns = ui.schedule_dropdowns()
         start_btn.click(do_start, inputs=inputs, outputs=[plot, pick, status_md])
-        cancel_btn.click(do_cancel, outputs=[plot, pick, status_md])
-        refresh_btn.click(refresh, outputs=[plot, pick, status_md])
-        pick.change(do_pick, inputs=[pick], outputs=[preview])
-        show_btn.click(lambda c: _gallery(do_show(c)), inputs=[pick], outputs=[gallery])
-        save_btn.click(do_save, inputs=[pick, save_name], outputs=[save_md])
+        cancel_btn.click(do_cancel, inputs=[pick], outputs=[plot, pick, status_md])
+        refresh_btn.click(refresh, inputs=[pick], outputs=[plot, pick, status_md], show_progress=False)
+        pick.change(lambda c: pick_preview(state["run_id"], c), inputs=[pick], outputs=[preview],
+                    show_progress=False)
+        show_btn.click(lambda c: show_samples(state["run_id"], c), inputs=[pick], outputs=[gallery])
+        save_btn.click(lambda c, n: save_from_tab(state["run_id"], c, n), inputs=[pick, save_name],
+                       outputs=[save_md, *dropdowns])
         tab.load(refresh, outputs=[plot, pick, status_md])
+        from . import generators  # SmoothCache calibration and DiP-GO gates: two accordions below the search
+
+        generators.build_sections(tab)
     return [(tab, "DaTo Search", "dato_search")]
 
 
@@ -646,5 +764,5 @@ def ensure_step_clock() -> None:
 
 ensure_step_clock()
 
-__all__ = ["JOBS", "WebUIBackend", "cancel", "list_runs", "on_ui_tabs", "parse_request", "register", "save_point",
-           "start", "status"]
+__all__ = ["JOBS", "WebUIBackend", "cancel", "list_runs", "on_ui_tabs", "parse_request", "pick_preview", "register",
+           "results_of", "save_from_tab", "save_point", "show_samples", "start", "status"]
