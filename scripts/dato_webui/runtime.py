@@ -287,3 +287,18 @@ class Runtime:
 
 
 RUNTIME = Runtime()
+
+
+def register_cfg_denoiser_once(callback, name: str) -> None:
+    """Register an ``on_cfg_denoiser`` step clock unless one named ``name`` is there.
+
+    "Reload UI" clears the WebUI's callbacks but keeps our modules imported, so the
+    Search tab and its generators call this whenever their UI or routes are set up.
+    """
+    try:
+        from modules import script_callbacks
+    except ImportError:  # imported outside the WebUI (docs, linters)
+        return
+    registered = getattr(script_callbacks, "callback_map", {}).get("callbacks_cfg_denoiser", [])
+    if not any(str(getattr(c, "name", "")).endswith(name) for c in registered):
+        script_callbacks.on_cfg_denoiser(callback, name=name)

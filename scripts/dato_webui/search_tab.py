@@ -751,16 +751,10 @@ def _gallery(images: list) -> list:
 
 
 def ensure_step_clock() -> None:
-    """Register :func:`on_cfg_denoiser` once. The WebUI clears callbacks on "Reload UI" but keeps this module
-    imported, so the tab and the routes call this every time they are set up."""
-    try:
-        from modules import script_callbacks
-    except ImportError:  # imported outside the WebUI (docs, linters)
-        return
-    registered = getattr(script_callbacks, "callback_map", {}).get("callbacks_cfg_denoiser", [])
-    if not any(str(getattr(c, "name", "")).endswith(STEP_CLOCK) for c in registered):
-        script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name=STEP_CLOCK)
+    """This module's step clock, registered once (see :func:`runtime.register_cfg_denoiser_once`)."""
+    from .runtime import register_cfg_denoiser_once
 
+    register_cfg_denoiser_once(on_cfg_denoiser, STEP_CLOCK)
 
 ensure_step_clock()
 
