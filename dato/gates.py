@@ -480,8 +480,9 @@ def schedule_from_gates(logits: Sequence[Sequence[float]], costs: LevelCosts, ta
     budget = costs.full * steps / target_speedup * (1 + 1e-12)
     floor = costs.full + (steps - 1) * costs.base
     if floor > budget:
-        raise ScheduleError(f"target_speedup = {target_speedup:g} is out of reach: at most "
-                            f"{costs.full * steps / floor:.2f}x with step 0 full and every other step reused")
+        reachable = math.floor(costs.full * steps / floor * 100) / 100  # rounded down: never promise more
+        raise ScheduleError(f"target_speedup = {target_speedup:g} is out of reach: at most {reachable:.2f}x "
+                            "with step 0 full and every other step reused")
     extents = [num_levels] + [_leading_open(row) for row in logits[1:]]
     total = costs.schedule_macs(extents)
     while total > budget:

@@ -339,6 +339,35 @@ def test_gate_iterations_take_the_queue_lock_before_their_hooks_go_on(gen, clien
     assert job.wait(120)
 
 
+def test_a_waiting_generation_gets_the_lock_after_one_iteration(gen, model):
+    """queue_lock is not fair: without the pause after each turn a waiter could lose the race many times."""
+    import threading
+
+    turn, done, stop = gen.QueueTurn(model), [0], threading.Event()
+
+    def train():
+        while not stop.is_set():
+            with turn.iteration():
+                end = time.perf_counter() + 0.05
+                while time.perf_counter() < end:  # GIL-bound work, like an optimiser step's Python side
+                    sum(range(1000))
+            done[0] += 1
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    try:
+        waited = []
+        for _ in range(8):
+            time.sleep(0.03)
+            before = done[0]
+            with call_queue.queue_lock:
+                waited.append(done[0] - before)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert max(waited) <= 1, waited
+
+
 def test_finished_gates_give_schedules_at_any_speedup_and_survive_a_restart(client, gen, tmp_path):
     gate_id = client.post("/dato/v1/gates", json=_gate_body(iterations=2)).json()["id"]
     assert gen.GATE_JOBS[gate_id].wait(120)
@@ -388,6 +417,30 @@ def test_the_sections_build_in_the_search_tab_with_real_gradio(gen):
             "dato_gates_plot", "dato_gates_save"} <= ids
     tab = _search_tab(gen)  # the Search tab calls build_sections itself
     assert "dato_calibrate_run" in {getattr(b, "elem_id", None) for b in tab.blocks.values()}
+
+
+def test_the_sections_do_not_share_ui_config_keys_with_the_search(gen):
+    """The WebUI's ui_loadsave keys saved defaults by tab id and label (``dato_search/Sampler/value``) and
+    applies the first component's saved value and range to every other with the same key (v1.10.1 showed the
+    calibration's "Deepest cache branch" at 2, minimum 0, and its sampler at the search's)."""
+    import gradio as gr
+
+    tracked = (gr.Slider, gr.Radio, gr.Checkbox, gr.Textbox, gr.Number, gr.Dropdown)
+    keys: dict[str, list] = {}
+
+    def walk(block):  # modules.ui_loadsave.UiLoadsave.add_block/add_component, for the "value" field
+        for child in getattr(block, "children", None) or ():
+            walk(child)
+        if type(block) in tracked and getattr(block, "label", None) is not None:
+            key = f"dato_search/{block.label}/value"
+            if getattr(block, "custom_script_source", None) is not None:
+                key = f"customscript/{block.custom_script_source}/{key}"
+            keys.setdefault(key, []).append(getattr(block, "elem_id", None))
+
+    walk(_search_tab(gen))
+    shared = {k: v for k, v in keys.items() if len(v) > 1}
+    assert not shared, shared
+    assert "customscript/dato_calibrate/dato_search/Deepest cache branch/value" in keys
 
 
 def test_the_tab_calibrates_moves_the_threshold_and_saves(gen, host):

@@ -59,6 +59,7 @@ TAG = "sd-webui-dato"
 STEP_CLOCK = "dato_generators_step_clock"
 MAX_PROMPTS = 64
 MAX_LOOKAHEAD = 10
+TURN_GAP = 0.05  # seconds the gate thread waits after an iteration before taking queue_lock again
 #: WebUI sampler name -> dato's own sampler (gate training cannot use the WebUI's samplers: they run no_grad)
 GATE_SAMPLERS = {"Euler": "euler", "Euler a": "euler_a", "Heun": "heun", "DDIM": "ddim"}
 GATE_LIMITS: dict[str, tuple[float, float]] = {"target_speedup": (1.0, 50.0), "iterations": (1, 100_000),
@@ -593,12 +594,21 @@ class QueueTurn:
 
     @contextlib.contextmanager
     def iteration(self) -> Iterator[None]:
-        """One training iteration's turn: user generations wait for it, and run between iterations."""
+        """One training iteration's turn: user generations wait for it, and run between iterations.
+
+        ``queue_lock`` is a plain ``threading.Lock``, which is not fair: released and taken again a few
+        statements later by the same thread, it kept a waiting generation out for up to 66 iterations in a
+        CPython 3.11 check (loop with GIL-bound work). A short pause after the release lets the woken waiter
+        take it first.
+        """
         self.hold()
         try:
             yield
         finally:
+            was_held = self.held
             self.release()
+            if was_held:
+                time.sleep(TURN_GAP)
 
 
 def _standalone_class() -> type:
@@ -1111,11 +1121,25 @@ def _save_row(prefix: str) -> tuple:
     return name, button, gr.Markdown(elem_id=f"{prefix}_save_msg")
 
 
+def own_ui_config_keys(block: Any, section: str) -> None:
+    """Give every component under ``block`` its own ``ui-config.json`` keys.
+
+    The WebUI keys a tab's saved defaults by tab id and label only (``dato_search/Sampler/value``), so these
+    sections' "Sampler", "Steps", "Deepest cache branch" ... would share the search's entries: the first
+    component registered wins and the others are set to its value and range (seen in v1.10.1: the calibration's
+    depth slider came up at 2 with minimum 0, its sampler at the search's). ``custom_script_source`` is the
+    WebUI's own key prefix (``customscript/<source>/...``, set on scripts' controls); here it names the section.
+    """
+    for child in getattr(block, "children", None) or ():
+        child.custom_script_source = section
+        own_ui_config_keys(child, section)
+
+
 def _calibration_section() -> dict[str, Any]:
     import gradio as gr
 
     c: dict[str, Any] = {}
-    with gr.Accordion("Calibrate (SmoothCache)", open=False, elem_id="dato_calibrate"):
+    with gr.Accordion("Calibrate (SmoothCache)", open=False, elem_id="dato_calibrate") as accordion:
         gr.Markdown("One unaccelerated generation per prompt measures how much each cacheable feature changes "
                     "from step to step; one threshold then turns the curves into a schedule.")
         with gr.Row():
@@ -1139,6 +1163,7 @@ def _calibration_section() -> dict[str, Any]:
                                            elem_id="dato_calibrate_depth")
                 c["preview"] = gr.HTML(elem_id="dato_calibrate_preview")
                 c["save_name"], c["save"], c["save_msg"] = _save_row("dato_calibrate")
+    own_ui_config_keys(accordion, "dato_calibrate")
     return c
 
 
@@ -1146,7 +1171,7 @@ def _gates_section() -> dict[str, Any]:
     import gradio as gr
 
     g: dict[str, Any] = {}
-    with gr.Accordion("Gradient gates (DiP-GO)", open=False, elem_id="dato_gates"):
+    with gr.Accordion("Gradient gates (DiP-GO)", open=False, elem_id="dato_gates") as accordion:
         gr.Markdown("Learns which step may skip which part of the UNet by backpropagating through a few-step "
                     "sampler (dato's own: Euler, Euler a, Heun or DDIM). It runs in the background; your "
                     "generations wait at most one training iteration.")
@@ -1172,6 +1197,7 @@ def _gates_section() -> dict[str, Any]:
                                              elem_id="dato_gates_post_target")
                 g["preview"] = gr.HTML(elem_id="dato_gates_preview")
                 g["save_name"], g["save"], g["save_msg"] = _save_row("dato_gates")
+    own_ui_config_keys(accordion, "dato_gates")
     return g
 
 
@@ -1205,15 +1231,10 @@ def build_sections(tab: Any) -> None:
 
 
 def ensure_step_clock() -> None:
-    """Register :func:`on_cfg_denoiser` once; "Reload UI" clears callbacks but keeps this module imported."""
-    try:
-        from modules import script_callbacks
-    except ImportError:  # imported outside the WebUI (docs, linters)
-        return
-    registered = getattr(script_callbacks, "callback_map", {}).get("callbacks_cfg_denoiser", [])
-    if not any(str(getattr(cb, "name", "")).endswith(STEP_CLOCK) for cb in registered):
-        script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name=STEP_CLOCK)
+    """This module's step clock, registered once (see :func:`runtime.register_cfg_denoiser_once`)."""
+    from .runtime import register_cfg_denoiser_once
 
+    register_cfg_denoiser_once(on_cfg_denoiser, STEP_CLOCK)
 
 ensure_step_clock()
 
