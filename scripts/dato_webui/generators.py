@@ -421,16 +421,11 @@ def _calibration_pass(run: CalibrationRun, sampling: Sampling, prompt: str, seed
     """One unaccelerated generation through the WebUI's processing (caller holds ``queue_lock``)."""
     from modules import processing, shared
 
-    from .runtime import RUNTIME
+    from .runtime import private_txt2img
 
-    RUNTIME.remove("calibration")  # a stale accordion patch must not change what is measured
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt=prompt, negative_prompt=sampling.negative_prompt, seed=seed, steps=sampling.steps,
-        cfg_scale=sampling.cfg_scale, width=sampling.width, height=sampling.height, batch_size=1, n_iter=1,
-        sampler_name=sampling.sampler_name)
-    p.do_not_save_samples = True
-    p.do_not_save_grid = True
-    p.scripts = None  # the accordion stays out of it
+    p = private_txt2img("calibration", prompt=prompt, negative_prompt=sampling.negative_prompt, seed=seed,
+                        steps=sampling.steps, cfg_scale=sampling.cfg_scale, width=sampling.width,
+                        height=sampling.height, sampler_name=sampling.sampler_name)
     shared.state.begin(job="dato_calibrate")
     run.p, _ACTIVE["run"] = p, run
     try:

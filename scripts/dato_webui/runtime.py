@@ -302,3 +302,22 @@ def register_cfg_denoiser_once(callback, name: str) -> None:
     registered = getattr(script_callbacks, "callback_map", {}).get("callbacks_cfg_denoiser", [])
     if not any(str(getattr(c, "name", "")).endswith(name) for c in registered):
         script_callbacks.on_cfg_denoiser(callback, name=name)
+
+
+def private_txt2img(reason: str, *, prompt: str, negative_prompt: str, seed: int, steps: int, cfg_scale: float,
+                    width: int, height: int, sampler_name: str):
+    """A one-image txt2img for the Search tab's own generations (search evaluations, calibration).
+
+    A stale accordion patch is removed first (it must not touch what the tab measures), nothing is saved,
+    and ``p.scripts = None`` keeps every AlwaysOn script, the accordion included, out of it.
+    """
+    from modules import processing
+
+    RUNTIME.remove(reason)
+    p = processing.StableDiffusionProcessingTxt2Img(
+        prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
+        width=width, height=height, batch_size=1, n_iter=1, sampler_name=sampler_name)
+    p.do_not_save_samples = True
+    p.do_not_save_grid = True
+    p.scripts = None
+    return p

@@ -112,16 +112,11 @@ class WebUIBackend:
     def _one(self, schedule: Schedule | None, prompt: str, seed: int):
         from modules import processing, shared
 
-        from .runtime import RUNTIME
+        from .runtime import private_txt2img
 
-        RUNTIME.remove("search evaluation")  # a stale accordion patch must not touch the search's UNet
-        p = processing.StableDiffusionProcessingTxt2Img(
-            prompt=prompt, negative_prompt=self.negative_prompt, seed=seed, steps=self.steps,
-            cfg_scale=self.cfg_scale, width=self.width, height=self.height, batch_size=1, n_iter=1,
-            sampler_name=self.sampler_name)
-        p.do_not_save_samples = True
-        p.do_not_save_grid = True
-        p.scripts = None  # the accordion stays out of it; the search patches by itself
+        p = private_txt2img("search evaluation", prompt=prompt, negative_prompt=self.negative_prompt, seed=seed,
+                            steps=self.steps, cfg_scale=self.cfg_scale, width=self.width, height=self.height,
+                            sampler_name=self.sampler_name)  # the search patches by itself
         unet = dato.find_unet(shared.sd_model)
         shared.state.begin(job="dato_search")
         try:
