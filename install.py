@@ -2,7 +2,7 @@
 
 The WebUI runs this file in a subprocess at start-up (``launch_utils.run_extension_installer``),
 with its own ``launch`` module importable; it is skipped under ``--skip-install``
-/ ``--skip-prepare-environment`` (then install by hand, see README).
+/ ``--skip-prepare-environment`` (then install by hand, see docs/webui.md).
 
 * ``pymoo`` (the Search tab's NSGA-II) is installed normally when missing; its
   dependencies (scipy, matplotlib, autograd, cma, ...) are not pinned by the WebUI.

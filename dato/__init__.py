@@ -10,9 +10,9 @@ Public API (everything else is an implementation detail)::
 The engine imports no WebUI code; ``scripts/`` is the thin glue.
 """
 
-from .layout import UNetLayout, UnsupportedModelError, find_unet
-from .patch import PatchConflictError, apply_patch, clear_step, get_patch, remove_patch, set_step
-from .schedule import FULL, METHODS, REUSE, Schedule, ScheduleError, find_schedules, load_schedule
+from dato.core.layout import UNetLayout, UnsupportedModelError, find_unet
+from dato.core.patch import PatchConflictError, apply_patch, clear_step, get_patch, remove_patch, set_step
+from dato.core.schedule import FULL, METHODS, REUSE, Schedule, ScheduleError, find_schedules, load_schedule
 
 __version__ = "0.1.0"
 

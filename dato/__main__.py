@@ -12,13 +12,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    "bench": ("dato.bench", "time and count MACs of every method and preset against the baseline"),
-    "search": ("dato.search.cli", "NSGA-II schedule search on a checkpoint or the built-in model"),
-    "quality": ("dato.quality", "quality-vs-speed table on the trained fixture model"),
-    "calibrate": ("dato.calibrate_cli", "SmoothCache-style calibration: error curves -> schedule at a threshold"),
-    "gates": ("dato.gates_cli", "DiP-GO-style gradient gates: learn a schedule at a MACs budget"),
-    "compare": ("dato.compare", "uniform vs calibration vs NSGA-II vs gates at equal MACs on the fixture"),
-    "schedules": ("dato.schedule_cli", "list, show and validate schedule files"),
+    "bench": ("dato.cli.bench", "time and count MACs of every method and preset against the baseline"),
+    "search": ("dato.cli.search", "NSGA-II schedule search on a checkpoint or the built-in model"),
+    "quality": ("dato.cli.quality", "quality-vs-speed table on the trained fixture model"),
+    "calibrate": ("dato.cli.calibrate", "SmoothCache-style calibration: error curves -> schedule at a threshold"),
+    "gates": ("dato.cli.gates", "DiP-GO-style gradient gates: learn a schedule at a MACs budget"),
+    "compare": ("dato.cli.compare", "uniform vs calibration vs NSGA-II vs gates at equal MACs on the fixture"),
+    "schedules": ("dato.cli.schedules", "list, show and validate schedule files"),
 }
 
 

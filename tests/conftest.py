@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dato.models import build_unet, tiny_unet_config  # noqa: E402
+from dato.evaluation.models import build_unet, tiny_unet_config  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from dato import __main__ as cli
-from dato.bench import BenchConfig, build_variants, format_table, run_benchmark, step_kinds
-from dato.schedule import FULL
+from dato.core.schedule import FULL
+from dato.evaluation.bench import BenchConfig, build_variants, format_table, run_benchmark, step_kinds
 
 
 def test_variants_cover_baseline_methods_peer_presets_and_combinations():

@@ -8,7 +8,11 @@ import pytest
 import torch
 from conftest import make_inputs
 
-from dato.calibrate import (
+from dato.core.layout import UNetLayout, block_modules
+from dato.core.patch import apply_patch, get_patch, remove_patch
+from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError
+from dato.evaluation.sampling import sample
+from dato.generators.calibrate import (
     OUTPUT_UNIT,
     Calibration,
     CalibrationRecorder,
@@ -17,10 +21,6 @@ from dato.calibrate import (
     relative_l1,
     schedule_from_calibration,
 )
-from dato.layout import UNetLayout, block_modules
-from dato.patch import apply_patch, get_patch, remove_patch
-from dato.sampling import sample
-from dato.schedule import FULL, REUSE, Schedule, ScheduleError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,13 @@ import pytest
 import torch
 from conftest import make_inputs
 
-from dato.gates import (
+from dato.core.layout import UNetLayout
+from dato.core.macs import trace_unet_cost
+from dato.core.patch import apply_patch, remove_patch
+from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError
+from dato.evaluation.backends import builtin_backend
+from dato.evaluation.sampling import sample
+from dato.generators.gates import (
     GateConfig,
     GatedUNet,
     GateJob,
@@ -21,12 +27,6 @@ from dato.gates import (
     train_gates,
     uniform_start,
 )
-from dato.layout import UNetLayout
-from dato.macs import trace_unet_cost
-from dato.patch import apply_patch, remove_patch
-from dato.sampling import sample
-from dato.schedule import FULL, REUSE, Schedule, ScheduleError
-from dato.search.standalone import builtin_backend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,7 +225,7 @@ def test_job_reports_failure(tiny_backend):
 # ------------------------------------------------------------------ on the trained fixture
 @pytest.fixture(scope="module")
 def digits():
-    from dato.search.standalone import fixture_backend, fixture_prompts
+    from dato.evaluation.backends import fixture_backend, fixture_prompts
 
     return fixture_backend(steps=6, batch_size=20), fixture_prompts()
 

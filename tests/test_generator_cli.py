@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dato.__main__ import main
-from dato.schedule import Schedule
+from dato.core.schedule import Schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,6 +13,7 @@ import math
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ from fastapi.testclient import TestClient
 from modules import call_queue, script_callbacks, shared
 
 import dato
-from dato.calibrate import Calibration, schedule_from_calibration
-from dato.gates import GateConfig, GateResult
+from dato.generators.calibrate import Calibration, schedule_from_calibration
+from dato.generators.gates import GateConfig, GateResult
 
 pytest_plugins = ["webui_stub.harness"]  # the host and model fixtures
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,33 +39,35 @@ def _conditioning(prompts):
     return torch.stack(out)
 
 
+GLUE = ("calibration_jobs", "calibration_routes", "calibration_ui", "gates_jobs", "gates_routes", "gates_ui",
+        "backend", "requests")
+
+
 @pytest.fixture()
 def gen(host, model, tmp_path, monkeypatch):
-    """The generators module on a fresh host; results go to tmp_path; a text encoder on the fake model."""
+    """The generators' glue modules on a fresh host; results go to tmp_path; a text encoder on the fake model."""
     store = sys.modules["dato_webui.store"]
     monkeypatch.setattr(store, "search_dir", lambda: tmp_path / "searches")
-    module = importlib.import_module("dato_webui.generators")
+    glue = SimpleNamespace(**{name: importlib.import_module(f"dato_webui.{name}") for name in GLUE})
     model.get_learned_conditioning = _conditioning
-    from dato.sampling import sd_alphas_cumprod
+    from dato.evaluation.sampling import sd_alphas_cumprod
 
     model.register_buffer("alphas_cumprod", sd_alphas_cumprod())
-    module.CALIBRATIONS.clear()
-    module.LATEST.clear()
-    module.GATE_JOBS.clear()
-    yield module
-    for job in module.GATE_JOBS.values():
+    glue.calibration_jobs.CALIBRATIONS.clear()
+    glue.calibration_jobs.LATEST.clear()
+    glue.gates_jobs.GATE_JOBS.clear()
+    yield glue
+    for job in glue.gates_jobs.GATE_JOBS.values():
         job.cancel()
         job.wait(120)
-    module.GATE_JOBS.clear()
-    module.CALIBRATIONS.clear()
-    module.LATEST.clear()
+    glue.gates_jobs.GATE_JOBS.clear()
+    glue.calibration_jobs.CALIBRATIONS.clear()
+    glue.calibration_jobs.LATEST.clear()
 
 
 @pytest.fixture()
 def client(gen):
-    app = FastAPI()
-    gen.register(app)
-    return TestClient(app)
+    return TestClient(_app(gen))
 
 
 def _cal_body(**kw):
@@ -149,9 +152,9 @@ def test_gate_requests_take_every_gate_config_field(gen):
     fields = {f.name for f in __import__("dataclasses").fields(GateConfig)} - {"seed"}
     body = _gate_body(batch_size=20, sampler_name="Euler a")
     del body["pool"]
-    sampling, config = gen.parse_gate_request(body)
+    sampling, config = gen.gates_jobs.parse_gate_request(body)
     assert config.batch_size == 20 and config.pool == 20 and config.seed == sampling.seed
-    assert gen.gate_sampler(sampling.sampler_name) == "euler_a"
+    assert gen.backend.gate_sampler(sampling.sampler_name) == "euler_a"
     assert {"target_speedup", "iterations", "batch_size", "pool", "lr"} <= fields
 
 
@@ -217,8 +220,8 @@ def test_calibration_through_processing_gives_the_engines_schedule(client, gen, 
     assert again.status_code == 409
 
     # after a restart the calibration comes from its file
-    gen.CALIBRATIONS.clear()
-    gen.LATEST.clear()
+    gen.calibration_jobs.CALIBRATIONS.clear()
+    gen.calibration_jobs.LATEST.clear()
     assert client.get(f"/dato/v1/calibrate/{data['id']}").json()["alpha_range"] == [lo, hi]
     r = client.post(f"/dato/v1/calibrate/{data['id']}/schedule", json={"alpha": alpha, "max_depth": 2})
     assert r.json()["preview"] == expected.preview()
@@ -232,7 +235,7 @@ def test_calibration_through_processing_gives_the_engines_schedule(client, gen, 
 ])
 def test_calibration_schedule_route_names_every_bad_field(client, gen, body, field):
     cal_id = "20240101-000000-test"
-    gen.CALIBRATIONS[cal_id] = _table_calibration()
+    gen.calibration_jobs.CALIBRATIONS[cal_id] = _table_calibration()
     r = client.post(f"/dato/v1/calibrate/{cal_id}/schedule", json=body)
     assert r.status_code == 422 and field in r.json()["detail"], r.text
 
@@ -245,11 +248,10 @@ def _table_calibration() -> Calibration:
 
 def test_calibration_records_nothing_from_generations_between_its_prompts(gen, host, model):
     """The recorder's hooks are on only during the calibration's own generations."""
-    gen.ensure_step_clock()  # calibrate_now does this; a fresh host starts without callbacks
-    run = gen.CalibrationRun(model, 2)
-    sampling = gen.Sampling(prompts=("x",), steps=4, width=64, height=64, cfg_scale=3.0)
+    run = gen.calibration_jobs.CalibrationRun(model, 2)
+    sampling = gen.requests.Sampling(prompts=("x",), steps=4, width=64, height=64, cfg_scale=3.0)
     with call_queue.queue_lock:
-        gen._calibration_pass(run, sampling, "x", 1)
+        run.record(gen.backend.WebUIBackend.of(sampling), "x", 1)
     recorded = run.recorder._count["output"].sum().item()
     host.generate(prompt="a user image", steps=4, width=64, height=64, seed=5)  # a user job in between
     assert run.recorder._count["output"].sum().item() == recorded
@@ -259,7 +261,8 @@ def test_calibration_records_nothing_from_generations_between_its_prompts(gen, h
 def test_a_calibration_waits_for_the_webui_queue_lock(gen):
     done = threading.Event()
     with call_queue.queue_lock:  # a user generation holds the GPU
-        worker = threading.Thread(target=lambda: (gen.calibrate_now(_cal_body(prompts=["x"])), done.set()))
+        calibrate = gen.calibration_jobs.calibrate_now
+        worker = threading.Thread(target=lambda: (calibrate(_cal_body(prompts=["x"])), done.set()))
         worker.start()
         time.sleep(0.3)
         assert not done.is_set()
@@ -284,10 +287,10 @@ def test_gate_job_reports_progress_and_cancels_leaving_the_unet_as_it_was(client
         st = client.get(f"/dato/v1/gates/{gate_id}").json()
         assert st["state"] == "running" and st["iterations"] == 500 and st["eta_seconds"] > 0
         assert {"loss", "consistency", "hard_speedup"} <= set(st["latest"])
-        assert "iteration" in gen.gate_status_md(gate_id) and "of 500" in gen.gate_status_md(gate_id)
+        assert "iteration" in gen.gates_ui.status_md(gate_id) and "of 500" in gen.gates_ui.status_md(gate_id)
         assert client.post(f"/dato/v1/gates/{gate_id}/schedule", json={}).status_code == 409  # not done
         assert client.delete(f"/dato/v1/gates/{gate_id}").status_code == 200
-        assert gen.GATE_JOBS[gate_id].wait(120)
+        assert gen.gates_jobs.GATE_JOBS[gate_id].wait(120)
         assert client.get(f"/dato/v1/gates/{gate_id}").json()["state"] == "cancelled"
         assert client.delete(f"/dato/v1/gates/{gate_id}").status_code == 409
         assert _hooks(unet) == hooks_before and dato.get_patch(unet) is None
@@ -312,7 +315,7 @@ def test_a_failing_gate_job_leaves_the_unet_and_the_lock_clean(client, gen, mode
 
     model.get_learned_conditioning = flaky
     gate_id = client.post("/dato/v1/gates", json=_gate_body(iterations=50)).json()["id"]
-    assert gen.GATE_JOBS[gate_id].wait(120)
+    assert gen.gates_jobs.GATE_JOBS[gate_id].wait(120)
     st = client.get(f"/dato/v1/gates/{gate_id}").json()
     assert st["state"] == "failed" and "text encoder exploded" in st["error"]
     assert _hooks(unet) == 0 and [p.requires_grad for p in unet.parameters()] == flags
@@ -324,7 +327,7 @@ def test_gate_iterations_take_the_queue_lock_before_their_hooks_go_on(gen, clien
     """A user generation holding the lock never sees the gated UNet's hooks, and the job waits for it."""
     unet = dato.find_unet(model)
     gate_id = client.post("/dato/v1/gates", json=_gate_body(iterations=500)).json()["id"]
-    job = gen.GATE_JOBS[gate_id]
+    job = gen.gates_jobs.GATE_JOBS[gate_id]
     assert _wait(lambda: job.status()["iteration"] >= 2)
     with call_queue.queue_lock:  # the user's turn: between two iterations
         reached = job.status()["iteration"]
@@ -343,7 +346,7 @@ def test_a_waiting_generation_gets_the_lock_after_one_iteration(gen, model):
     """queue_lock is not fair: without the pause after each turn a waiter could lose the race many times."""
     import threading
 
-    turn, done, stop = gen.QueueTurn(model), [0], threading.Event()
+    turn, done, stop = gen.backend.QueueTurn(model), [0], threading.Event()
 
     def train():
         while not stop.is_set():
@@ -370,7 +373,7 @@ def test_a_waiting_generation_gets_the_lock_after_one_iteration(gen, model):
 
 def test_finished_gates_give_schedules_at_any_speedup_and_survive_a_restart(client, gen, tmp_path):
     gate_id = client.post("/dato/v1/gates", json=_gate_body(iterations=2)).json()["id"]
-    assert gen.GATE_JOBS[gate_id].wait(120)
+    assert gen.gates_jobs.GATE_JOBS[gate_id].wait(120)
     st = client.get(f"/dato/v1/gates/{gate_id}").json()
     assert st["state"] == "done" and st["iteration"] == 2, st
     path = tmp_path / "gates" / f"{gate_id}.json"
@@ -386,7 +389,7 @@ def test_finished_gates_give_schedules_at_any_speedup_and_survive_a_restart(clie
     r = client.post(f"/dato/v1/gates/{gate_id}/schedule", json={"target_speedup": 1.5, "name": "gated-fox"})
     assert r.status_code == 200 and r.json()["saved"]["name"] == "gated-fox" and "gated-fox" in _store().names()
 
-    gen.GATE_JOBS.clear()  # a restart: status and schedules come from the file
+    gen.gates_jobs.GATE_JOBS.clear()  # a restart: status and schedules come from the file
     st = client.get(f"/dato/v1/gates/{gate_id}").json()
     assert st["source"] == "file" and st["state"] == "done" and st["iteration"] == 2
     assert client.get("/dato/v1/gates").json()["gates"] == [{"id": gate_id, "state": "done", "running": False}]
@@ -404,18 +407,19 @@ def _event(blocks, elem_id: str, trigger: str):
 
 
 def _search_tab(gen):
-    return sys.modules["dato_webui.search_tab"].on_ui_tabs()[0][0]
+    return sys.modules["dato_webui.search_ui"].on_ui_tabs()[0][0]
 
 
 def test_the_sections_build_in_the_search_tab_with_real_gradio(gen):
     import gradio as gr
 
     with gr.Blocks() as demo:
-        gen.build_sections(demo)
+        gen.calibration_ui.build_section(demo, [])
+        gen.gates_ui.build_section(demo, [])
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"dato_calibrate", "dato_calibrate_plot", "dato_calibrate_alpha", "dato_gates", "dato_gates_start",
             "dato_gates_plot", "dato_gates_save"} <= ids
-    tab = _search_tab(gen)  # the Search tab calls build_sections itself
+    tab = _search_tab(gen)  # the Search tab builds both sections itself
     assert "dato_calibrate_run" in {getattr(b, "elem_id", None) for b in tab.blocks.values()}
 
 
@@ -457,7 +461,7 @@ def test_the_tab_calibrates_moves_the_threshold_and_saves(gen, host):
     assert 0 == alpha["minimum"] < alpha["value"] < alpha["maximum"]
 
     move, _ = _event(tab, "dato_calibrate_alpha", "change")
-    cal = gen.get_calibration(pick["value"])
+    cal = gen.calibration_jobs.get_calibration(pick["value"])
     html = move(pick["value"], alpha["maximum"], True, 11)
     assert f"<code>{schedule_from_calibration(cal, alpha['maximum']).preview()}</code>" in html and "x fewer" in html
 
@@ -469,11 +473,12 @@ def test_the_tab_calibrates_moves_the_threshold_and_saves(gen, host):
     assert "Not saved" in message and "already exists" in message
 
     # a browser refresh after a restart: the page load finds the model's last calibration in its file
-    gen.CALIBRATIONS.clear()
-    gen.LATEST.clear()
-    load = next(tab.fns[i].fn for i, d in enumerate(tab.config["dependencies"])
-                if d["trigger"] == "load" and tab.fns[i].fn is gen.tab_load)
-    cal_pick, cal_status, cal_frame, cal_alpha, gate_pick, gate_status, gate_frame = load()
+    gen.calibration_jobs.CALIBRATIONS.clear()
+    gen.calibration_jobs.LATEST.clear()
+    loads = {tab.fns[i].fn: d["outputs"] for i, d in enumerate(tab.config["dependencies"]) if d["trigger"] == "load"}
+    assert len(loads[gen.calibration_ui.tab_load]) == 4 and len(loads[gen.gates_ui.tab_load]) == 3
+    cal_pick, cal_status, cal_frame, cal_alpha = gen.calibration_ui.tab_load()
+    gate_pick, gate_status, gate_frame = gen.gates_ui.tab_load()
     assert cal_pick["value"] == pick["value"] and cal_frame.equals(frame) and cal_alpha["value"] == alpha["value"]
     assert gate_pick["value"] is None and "No gate training yet" in gate_status and gate_frame is None
 
@@ -483,7 +488,7 @@ def test_the_tab_starts_gates_and_saves_their_schedule(gen, host):
     start, _ = _event(tab, "dato_gates_start", "click")
     status, pick = start("a red fox", "", "Euler", 4, 3.0, 64, 64, 0, 2.0, 2, 1)
     assert pick["value"] and "Not started" not in status
-    gen.GATE_JOBS[pick["value"]].wait(120)
+    gen.gates_jobs.GATE_JOBS[pick["value"]].wait(120)
     refresh, _ = _event(tab, "dato_gates_refresh", "click")
     status, frame = refresh(pick["value"])
     assert "done" in status and "iteration 2 of 2" in status
@@ -497,19 +502,21 @@ def test_the_tab_starts_gates_and_saves_their_schedule(gen, host):
 
 
 def test_empty_states_send_no_nan_to_the_browser(gen):
-    assert gen.calibration_frame(None) is None and gen.history_frame([]) is None
+    assert gen.calibration_ui.calibration_frame(None) is None and gen.gates_ui.history_frame([]) is None
     cal = _table_calibration()
     cal.errors["output"][0][0] = math.nan
-    frame = gen.calibration_frame(cal)
+    frame = gen.calibration_ui.calibration_frame(cal)
     assert frame["error"].notna().all()
-    assert gen.history_frame([{"iteration": 1, "loss": math.nan, "consistency": 0.5}])["value"].tolist() == [0.5]
-    assert gen.json_safe({"a": [math.inf, 1.0]}) == {"a": [None, 1.0]}
-    assert gen.tab_show_calibration(None)[1] is None
+    history = [{"iteration": 1, "loss": math.nan, "consistency": 0.5}]
+    assert gen.gates_ui.history_frame(history)["value"].tolist() == [0.5]
+    assert gen.requests.json_safe({"a": [math.inf, 1.0]}) == {"a": [None, 1.0]}
+    assert gen.calibration_ui.tab_show(None)[1] is None
 
 
 def test_the_step_clock_is_registered_once_and_comes_back_after_a_reload(gen):
     def count():
-        return sum(c.name.endswith(gen.STEP_CLOCK) for c in script_callbacks.callback_map["callbacks_cfg_denoiser"])
+        registered = script_callbacks.callback_map["callbacks_cfg_denoiser"]
+        return sum(c.name.endswith(gen.backend.STEP_CLOCK) for c in registered)
 
     script_callbacks.clear_callbacks()  # "Reload UI": callbacks go, the imported module stays
     r = TestClient(_app(gen)).post("/dato/v1/calibrate", json=_cal_body(prompts=["x"], steps=4))
@@ -519,5 +526,6 @@ def test_the_step_clock_is_registered_once_and_comes_back_after_a_reload(gen):
 
 def _app(gen):
     app = FastAPI()
-    gen.register(app)
+    gen.calibration_routes.register(app)
+    gen.gates_routes.register(app)
     return app

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dato.macs import trace_unet_cost
-from dato.schedule import FULL, REUSE, Schedule
+from dato.core.macs import trace_unet_cost
+from dato.core.schedule import FULL, REUSE, Schedule
 
 
 def hand_count(unet, height, width, context_len=77):

@@ -1,4 +1,4 @@
-"""dato.metrics: fidelity and distribution metrics give the textbook values and refuse malformed input."""
+"""dato.evaluation.metrics: fidelity and distribution metrics give the textbook values and refuse malformed input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dato.metrics import fidelity, frechet_distance, psnr, relative_l2, ssim
+from dato.evaluation.metrics import fidelity, frechet_distance, psnr, relative_l2, ssim
 
 
 def _images(seed: int = 0, shape=(3, 3, 32, 32)) -> torch.Tensor:

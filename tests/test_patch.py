@@ -10,8 +10,8 @@ from conftest import UNetHolder, make_inputs
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
 import dato
-from dato.layout import UNetLayout, UnsupportedModelError, block_modules
-from dato.schedule import FULL, REUSE, Schedule, ScheduleError
+from dato.core.layout import UNetLayout, UnsupportedModelError, block_modules
+from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError
 
 T = [999.0, 800.0, 600.0, 400.0, 200.0, 100.0, 50.0, 10.0]
 
@@ -323,7 +323,7 @@ def test_unsupported_models_get_a_clear_error():
     ({"method": "fastest"}, "method = 'fastest'"),
     ({"max_downsample": 3}, "max_downsample = 3"),
     ({"clock": "wall"}, "clock = 'wall'"),
-    ({"ratio": 0.9}, "ratio = 0.9 is outside"),
+    ({"ratio": 0.9}, "ratio = 0.9: 'prune' needs 0 <= r < 0.75"),
     ({"steps": 0}, "steps = 0"),
     ({"noise_alpha": -1.0}, "noise_alpha = -1.0"),
     ({"seed": "x"}, "seed = 'x'"),
@@ -379,7 +379,7 @@ def test_layout_of_the_sd1_topology(tiny_unet):
 
 def test_sd2_style_unets_work_too():
     """SD2.x uses the same ldm classes with linear proj_in/out and head-width attention."""
-    from dato.models import build_unet, tiny_unet_config
+    from dato.evaluation.models import build_unet, tiny_unet_config
 
     config = tiny_unet_config() | {"use_linear_in_transformer": True}
     sd2 = build_unet(config, seed=3)

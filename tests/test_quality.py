@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from dato import quality
-from dato.quality import QualityConfig, format_markdown, pareto_front, run_quality
+from dato.cli import quality
+from dato.evaluation.quality import QualityConfig, format_markdown, pareto_front, run_quality
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

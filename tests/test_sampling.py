@@ -1,4 +1,4 @@
-"""dato.sampling: the standalone sampler calls the UNet the way A1111 does, exactly and deterministically."""
+"""dato.evaluation.sampling: the standalone sampler calls the UNet the way A1111 does, exactly and deterministically."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_inputs
 
-from dato.sampling import SAMPLERS, ddim_timesteps, euler_sigmas, sample, sd_alphas_cumprod
+from dato.evaluation.sampling import SAMPLERS, ddim_timesteps, euler_sigmas, sample, sd_alphas_cumprod
 
 
 class Recorder:
@@ -56,7 +56,7 @@ def unet() -> torch.nn.Module:
     """
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from dato.models import randomize_zero_init
+    from dato.evaluation.models import randomize_zero_init
 
     torch.manual_seed(0)
     model = UNetModel(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dato.schedule import FULL, REUSE, Schedule, ScheduleError, find_schedules, load_schedule
+from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError, find_schedules, load_schedule
 
 
 def test_uniform_schedule_puts_a_full_step_every_interval():
@@ -132,10 +132,3 @@ def test_unknown_preset_lists_the_known_ones():
 def test_invalid_uniform_arguments(kwargs, message):
     with pytest.raises(ScheduleError, match=message):
         Schedule.uniform(**kwargs)
-
-
-def test_dato_codes_decode_to_full_depth0_and_reuse():
-    s = Schedule.from_dato_codes([0, 1, 11])
-    assert s.cache == (FULL, REUSE, 0, FULL)
-    with pytest.raises(ScheduleError, match=r"code\[1\] = -1"):
-        Schedule.from_dato_codes([1, -1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dato.__main__ import main
-from dato.schedule import Schedule
+from dato.core.schedule import Schedule
 
 
 @pytest.fixture()

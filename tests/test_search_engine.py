@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import dato
-from dato.schedule import FULL, Schedule
-from dato.search import (
+from dato.core.schedule import FULL, Schedule
+from dato.evaluation.backends import builtin_backend
+from dato.generators.search import (
     ScheduleSearch,
     SearchCancelled,
     SearchJob,
@@ -26,8 +27,7 @@ from dato.search import (
     load_results,
     schedule_from_result,
 )
-from dato.search.results import dominates
-from dato.search.standalone import builtin_backend
+from dato.generators.search.results import dominates
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_cancel_then_resume_ends_with_the_same_front_as_an_uninterrupted_run(tmp
 
 
 def test_reference_samples_round_trip_exactly_without_pickle(tmp_path):
-    from dato.search.results import REFERENCE_FILE, load_reference, save_reference
+    from dato.generators.search.results import REFERENCE_FILE, load_reference, save_reference
 
     ref = {"pairs": [("a fox", 1), ("a cat", 2)], "identity": "abc", "times": [0.5],
            "latents": torch.randn(2, 4, 8, 8).to(torch.bfloat16), "images": torch.rand(2, 3, 64, 64).half()}
@@ -249,13 +249,13 @@ def test_a_cancel_before_the_first_generation_leaves_a_clean_cancelled_run(tmp_p
 
 
 def test_search_on_the_trained_fixture_uses_pixel_psnr(tmp_path):
-    from dato.search.standalone import fixture_backend, fixture_prompts
+    from dato.evaluation.backends import fixture_backend, fixture_prompts
 
     try:
         fx_backend = fixture_backend(steps=6)
     except (FileNotFoundError, ImportError) as exc:
         pytest.skip(f"trained fixture not available here: {exc}")
-    from dato.fixture import DEFAULT_CFG_SCALE
+    from dato.evaluation.fixture import DEFAULT_CFG_SCALE
 
     assert fx_backend.cfg_scale == DEFAULT_CFG_SCALE and fx_backend.describe()["cfg_scale"] == DEFAULT_CFG_SCALE
     threads = torch.get_num_threads()

@@ -5,9 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dato.schedule import FULL, REUSE, Schedule, find_schedules
-from dato.search.genome import DEFAULT_RATIO_LEVELS, GenomeError, GenomeSpec, dato_ratio_code
-from dato.search.problem import segment_random_genome, uniform_seeds
+from dato.core.schedule import FULL, REUSE, Schedule, find_schedules, ratio_allowed
+from dato.generators.search.genome import DEFAULT_RATIO_LEVELS, GenomeError, GenomeSpec, dato_ratio_code
+from dato.generators.search.problem import segment_random_genome, uniform_seeds
+
+
+def smallest_spec_for(schedule: Schedule) -> GenomeSpec:
+    """The smallest joint spec that encodes ``schedule`` exactly (its steps, depths, reuse, ratios)."""
+    levels = sorted(set(DEFAULT_RATIO_LEVELS if schedule.method != "none" else (0.0,)) | set(schedule.ratio))
+    if schedule.method != "downsample":
+        levels = [r for r in levels if ratio_allowed(schedule.method, r)]
+    return GenomeSpec(steps=max(schedule.steps, 2), max_depth=max(schedule.max_cache_depth, 0), allow_reuse=True,
+                      ratio_levels=tuple(levels), method=schedule.method, search_cache=True,
+                      search_ratio=schedule.method != "none")
 
 
 def _same(a: Schedule, b: Schedule) -> bool:
@@ -17,7 +27,7 @@ def _same(a: Schedule, b: Schedule) -> bool:
 @pytest.mark.parametrize("name", sorted(find_schedules()))
 def test_every_preset_round_trips_through_its_genome(name):
     preset = Schedule.load(find_schedules()[name])
-    spec = GenomeSpec.for_schedule(preset)
+    spec = smallest_spec_for(preset)
     genome = spec.encode(preset)
     assert genome.shape == (spec.n_var,)
     assert np.all(genome >= spec.xl) and np.all(genome <= spec.xu)

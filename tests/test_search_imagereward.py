@@ -26,10 +26,10 @@ import pytest
 import torch
 
 import dato
-from dato.search import ScheduleSearch, ScorerUnavailable, SearchSettings, imagereward_quality
-from dato.search import imagereward as ir
-from dato.search.objectives import Samples
-from dato.search.standalone import builtin_backend
+from dato.evaluation.backends import builtin_backend
+from dato.generators.search import ScheduleSearch, ScorerUnavailable, SearchSettings, imagereward_quality
+from dato.generators.search import imagereward as ir
+from dato.generators.search.objectives import Samples
 
 
 class LocalScorer(torch.nn.Module):
@@ -118,7 +118,7 @@ def test_search_with_a_local_random_weight_scorer_maximises_reward(tmp_path, bac
         assert by_id[i]["feasible"] and by_id[i]["quality"] >= results["baseline"]["quality"] - 0.05
     # the quality of a front point is the scorer's mean reward over its images
     pick = by_id[results["front"][0]]
-    from dato.search import schedule_from_result
+    from dato.generators.search import schedule_from_result
 
     samples = backend.generate(schedule_from_result(results, pick["id"], "p"), _settings(tmp_path).pairs())
     assert imagereward_quality(samples, scorer)[0] == pytest.approx(pick["quality"], abs=1e-5)

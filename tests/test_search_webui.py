@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,33 +14,35 @@ from fastapi.testclient import TestClient
 from modules import call_queue, script_callbacks, shared
 
 import dato
-from dato.schedule import Schedule
+from dato.core.schedule import Schedule
 
 pytest_plugins = ["webui_stub.harness"]  # the host and model fixtures
 
 
 @pytest.fixture()
-def search_tab(host, tmp_path, monkeypatch):
+def glue(host, tmp_path, monkeypatch):
+    """The search's glue modules on a fresh host (jobs, routes, ui, backend, requests); results go to tmp_path."""
     import sys
 
-    tab = sys.modules["dato_webui.search_tab"]
-    store = sys.modules["dato_webui.store"]
-    monkeypatch.setattr(store, "search_dir", lambda: tmp_path / "searches")
-    tab.JOBS.clear()
+    modules = SimpleNamespace(**{name: sys.modules[f"dato_webui.{name}"]
+                                 for name in ("search_jobs", "search_routes", "search_ui", "backend", "requests")})
+    monkeypatch.setattr(sys.modules["dato_webui.store"], "search_dir", lambda: tmp_path / "searches")
+    jobs = modules.search_jobs.JOBS
+    jobs.clear()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield tab
-    for job in tab.JOBS.values():
+    yield modules
+    for job in jobs.values():
         job.cancel()
         job.wait(60)
-    tab.JOBS.clear()
+    jobs.clear()
     torch.set_num_threads(threads)
 
 
 @pytest.fixture()
-def client(search_tab):
+def client(glue):
     app = FastAPI()
-    search_tab.register(app)
+    glue.search_routes.register(app)
     return TestClient(app)
 
 
@@ -50,8 +53,8 @@ def _body(**kw):
     return body
 
 
-def test_evaluations_run_through_processing_with_the_patch_on_only_during_them(search_tab, host, model):
-    backend = search_tab.WebUIBackend(4, width=64, height=64, cfg_scale=3.0)
+def test_evaluations_run_through_processing_with_the_patch_on_only_during_them(glue, host, model):
+    backend = glue.backend.WebUIBackend(4, width=64, height=64, cfg_scale=3.0)
     calls = []
     unet = dato.find_unet(model)
     hook = unet.register_forward_pre_hook(lambda m, a: calls.append(dato.get_patch(m) is not None))
@@ -68,8 +71,8 @@ def test_evaluations_run_through_processing_with_the_patch_on_only_during_them(s
         backend.macs(Schedule.full(4, method="none"))
 
 
-def test_an_evaluation_waits_for_the_webui_queue_lock(search_tab, host):
-    backend = search_tab.WebUIBackend(4, width=64, height=64, cfg_scale=3.0)
+def test_an_evaluation_waits_for_the_webui_queue_lock(glue, host):
+    backend = glue.backend.WebUIBackend(4, width=64, height=64, cfg_scale=3.0)
     done = threading.Event()
     with call_queue.queue_lock:  # a user generation holds the GPU
         worker = threading.Thread(target=lambda: (backend.generate(None, [("x", 1)]), done.set()))
@@ -80,7 +83,7 @@ def test_an_evaluation_waits_for_the_webui_queue_lock(search_tab, host):
     assert done.is_set()
 
 
-def test_start_status_cancel_and_save_through_the_routes(client, search_tab, tmp_path):
+def test_start_status_cancel_and_save_through_the_routes(client, glue, tmp_path):
     r = client.post("/dato/v1/search", json=_body(generations=8))
     assert r.status_code == 202, r.text
     assert r.json()["run_id"] == "web"
@@ -92,7 +95,7 @@ def test_start_status_cancel_and_save_through_the_routes(client, search_tab, tmp
     assert st["state"] == "running" and st["front"] and st["generations"] == 8
     r = client.delete("/dato/v1/search/web")
     assert r.status_code == 200
-    search_tab.JOBS["web"].wait(120)
+    glue.search_jobs.JOBS["web"].wait(120)
     assert client.get("/dato/v1/search/web").json()["state"] == "cancelled"
     assert client.delete("/dato/v1/search/web").status_code == 409
     assert [run["run_id"] for run in client.get("/dato/v1/search").json()["searches"]] == ["web"]
@@ -146,51 +149,51 @@ def test_token_merging_setting_is_refused_before_a_search_starts(client):
     assert r.status_code == 409 and "Token merging ratio" in r.json()["detail"]
 
 
-def test_a_finished_run_survives_a_restart_and_resumes_by_run_id(client, search_tab):
+def test_a_finished_run_survives_a_restart_and_resumes_by_run_id(client, glue):
     assert client.post("/dato/v1/search", json=_body(generations=1)).status_code == 202
-    assert search_tab.JOBS["web"].wait(120)
-    assert search_tab.JOBS["web"].status()["state"] == "done"
-    search_tab.JOBS.clear()  # as after a WebUI restart: the status comes from the results file
+    assert glue.search_jobs.JOBS["web"].wait(120)
+    assert glue.search_jobs.JOBS["web"].status()["state"] == "done"
+    glue.search_jobs.JOBS.clear()  # as after a WebUI restart: the status comes from the results file
     st = client.get("/dato/v1/search/web").json()
     assert st["source"] == "results" and st["state"] == "done" and st["front"]
-    tab = search_tab.on_ui_tabs()[0][0]  # the tab opens on the last run's results
+    tab = glue.search_ui.on_ui_tabs()[0][0]  # the tab opens on the last run's results
     load = next(tab.fns[i].fn for i, d in enumerate(tab.config["dependencies"]) if d["trigger"] == "load")
     _, pick, message = load()
     assert "**web**: done" in message and "min left" not in message and len(pick["choices"]) == len(st["front"])
 
 
-def test_the_tab_builds_and_its_inputs_make_a_valid_request(search_tab):
-    tabs = search_tab.on_ui_tabs()
+def test_the_tab_builds_and_its_inputs_make_a_valid_request(glue):
+    tabs = glue.search_ui.on_ui_tabs()
     assert tabs[0][1] == "DaTo Search" and tabs[0][2] == "dato_search"
-    body = search_tab.tab_request("Prompts below", "a fox\n\na cat\n", None, "", "Euler", 4, 3.0, 64, 64, 1, 4,
+    body = glue.search_ui.tab_request("Prompts below", "a fox\n\na cat\n", None, "", "Euler", 4, 3.0, 64, 64, 1, 4,
                                   1, 0, "joint", "none", 1, True, "fidelity", "macs", "", "")
-    settings, webui = search_tab.parse_request(body)
+    settings, webui = glue.search_jobs.parse_request(body)
     assert settings.prompts == ("a fox", "a cat") and settings.mode == "cache" and webui["width"] == 64
-    with pytest.raises(search_tab.SearchRequestError, match="not a number"):
-        search_tab.tab_request("Prompts below", "a", None, "", "Euler", 4, 3.0, 64, 64, 1, 4, 1, 0, "joint",
+    with pytest.raises(glue.requests.RequestError, match="not a number"):
+        glue.search_ui.tab_request("Prompts below", "a", None, "", "Euler", 4, 3.0, 64, 64, 1, 4, 1, 0, "joint",
                                "prune", 1, True, "fidelity", "macs", "high", "")
 
 
-def test_the_step_clock_is_registered_once_and_comes_back_after_a_reload(search_tab, host, model):
+def test_the_step_clock_is_registered_once_and_comes_back_after_a_reload(glue, host, model):
     def count():
         return sum(c.name.endswith("dato_search_step_clock")
                    for c in script_callbacks.callback_map["callbacks_cfg_denoiser"])
 
-    backend = search_tab.WebUIBackend(4, width=64, height=64, cfg_scale=3.0)
+    backend = glue.backend.WebUIBackend(4, width=64, height=64, cfg_scale=3.0)
     script_callbacks.clear_callbacks()  # "Reload UI": callbacks go, the imported module stays
     base = backend.generate(None, [("x", 2)])
     fast = backend.generate(Schedule.uniform(4, 2, 0), [("x", 2)])
     assert count() == 1 and not torch.equal(base.latents, fast.latents)
-    search_tab.on_ui_tabs()
-    search_tab.register(FastAPI())
+    glue.search_ui.on_ui_tabs()
+    glue.search_routes.register(FastAPI())
     assert count() == 1
 
 
-def test_the_plot_on_page_load_sends_no_nan_to_the_browser(search_tab):
+def test_the_plot_on_page_load_sends_no_nan_to_the_browser(glue):
     """An empty pandas frame serialises with NaN, which breaks JSON.parse and freezes every tab."""
-    data, choices, message = search_tab._front_table(None)
+    data, choices, message = glue.search_ui._front_table(None)
     assert data is None and choices == [] and "No search yet" in message
-    data, _, _ = search_tab._front_table("no-such-run")
+    data, _, _ = glue.search_ui._front_table("no-such-run")
     assert data is None
 
 
@@ -202,7 +205,7 @@ def _tab_event(tab, elem_id: str, trigger: str):
     return tab.fns[index].fn, tab.config["dependencies"][index]["outputs"]
 
 
-def test_save_as_schedule_refreshes_the_accordions_schedule_dropdowns_at_once(client, search_tab, host):
+def test_save_as_schedule_refreshes_the_accordions_schedule_dropdowns_at_once(client, glue, host):
     import sys
 
     ui = sys.modules["dato_webui.ui"]
@@ -212,8 +215,8 @@ def test_save_as_schedule_refreshes_the_accordions_schedule_dropdowns_at_once(cl
                           "script_img2img_dato_schedule", "script_img2img_dato_hr_schedule"]
     assert all(d.is_rendered for d in page.values())
     assert client.post("/dato/v1/search", json=_body(generations=1)).status_code == 202
-    assert search_tab.JOBS["web"].wait(120)
-    tab = search_tab.on_ui_tabs()[0][0]
+    assert glue.search_jobs.JOBS["web"].wait(120)
+    tab = glue.search_ui.on_ui_tabs()[0][0]
     load = next(tab.fns[i].fn for i, d in enumerate(tab.config["dependencies"]) if d["trigger"] == "load")
     data, pick, message = load()  # page load: the tab finds the run and offers its front
     assert "**web**: done" in message and pick["choices"] and pick["value"] == pick["choices"][0]
@@ -235,10 +238,10 @@ def test_save_as_schedule_refreshes_the_accordions_schedule_dropdowns_at_once(cl
     assert message == "Pick a front point first."
 
 
-def test_picking_a_front_point_shows_its_steps_and_refresh_keeps_the_pick(client, search_tab, host):
+def test_picking_a_front_point_shows_its_steps_and_refresh_keeps_the_pick(client, glue, host):
     assert client.post("/dato/v1/search", json=_body(generations=1)).status_code == 202
-    assert search_tab.JOBS["web"].wait(120)
-    tab = search_tab.on_ui_tabs()[0][0]
+    assert glue.search_jobs.JOBS["web"].wait(120)
+    tab = glue.search_ui.on_ui_tabs()[0][0]
     refresh, _ = _tab_event(tab, "dato_search_refresh", "click")
     _, pick, message = refresh(None)
     assert len(pick["choices"]) >= 2 and "dato-search-running" not in message  # finished: the page stops polling
@@ -246,15 +249,15 @@ def test_picking_a_front_point_shows_its_steps_and_refresh_keeps_the_pick(client
     assert refresh(second)[1]["value"] == second, "a refresh while the search runs keeps the user's pick"
     show, _ = _tab_event(tab, "dato_search_pick", "change")
     html = show(second)
-    point = next(p for p in search_tab.status("web")["front"] if p["id"] == search_tab._pick_id(second))
+    point = next(p for p in glue.search_jobs.status("web")["front"] if p["id"] == glue.search_ui._pick_id(second))
     assert f"<code>{point['preview']}</code>" in html and 'class="dato-preview" data-dato=' in html
     assert show(None) == "" and show("#99999  cost 0  quality 0  F") == ""
 
 
-def test_the_status_carries_the_polling_mark_only_while_running(client, search_tab):
+def test_the_status_carries_the_polling_mark_only_while_running(client, glue):
     assert client.post("/dato/v1/search", json=_body(generations=8)).status_code == 202
-    _, _, message = search_tab._front_table("web")
-    assert search_tab.RUNNING_MARK in message
-    search_tab.cancel("web")
-    search_tab.JOBS["web"].wait(120)
-    assert search_tab.RUNNING_MARK not in search_tab._front_table("web")[2]
+    _, _, message = glue.search_ui._front_table("web")
+    assert glue.search_ui.RUNNING_MARK in message
+    glue.search_jobs.cancel("web")
+    glue.search_jobs.JOBS["web"].wait(120)
+    assert glue.search_ui.RUNNING_MARK not in glue.search_ui._front_table("web")[2]

@@ -7,8 +7,8 @@ import torch
 from conftest import UNetHolder, make_inputs
 
 import dato
-from dato import tokens
-from dato.schedule import Schedule
+from dato.core import tokens
+from dato.core.schedule import Schedule
 
 
 def rand(*shape, seed=0):

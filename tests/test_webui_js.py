@@ -57,7 +57,7 @@ def run(data, tmp_path):
 
 def test_cells_follow_the_python_preview(tmp_path):
     import dato
-    from dato.options import pass_summary
+    from dato.core.options import pass_summary
 
     summary = pass_summary(dato.load_schedule("balanced"), 10)
     summary.update(label="steps", name="balanced")

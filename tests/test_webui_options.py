@@ -1,17 +1,18 @@
-"""The script-arguments model (dato/options.py): one ordered list for UI, API and infotext; no WebUI needed."""
+"""The script-arguments model (dato/core/options.py): one ordered list for UI, API and infotext; no WebUI needed."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
 import dato
-from dato.options import (
+from dato.core.options import (
     ARG_NAMES,
     INFOTEXT_KEYS,
     ArgsError,
     DatoArgs,
     PassSettings,
-    args_from_infotext,
     build_schedule,
     infotext_params,
     normalize_pasted,
@@ -20,6 +21,14 @@ from dato.options import (
 
 DOCUMENTED_ORDER = ["enabled", "method", "ratio", "schedule", "interval", "depth", "max_downsample", "hr_mode",
                     "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth"]
+
+
+def pasted_args(params, defaults=None):
+    """What the WebUI does on paste: our normalize_pasted, then each control takes the value under its key."""
+    data = dict(params)
+    normalize_pasted(data)
+    values = {name: data[INFOTEXT_KEYS[name]] for name in ARG_NAMES if INFOTEXT_KEYS[name] in data}
+    return replace(defaults or DatoArgs(), **values)
 
 
 def load(name):
@@ -111,14 +120,14 @@ def test_infotext_is_empty_when_disabled_and_round_trips_when_enabled():
     assert params["DaTo"] is True and params["DaTo hires schedule hash"] == hr_source.content_hash()
     assert "DaTo hires ratio" not in params  # 'As scheduled' has no ratio of its own
     as_text = {k: str(v) for k, v in params.items()}  # what parse_generation_parameters gives back
-    assert args_from_infotext(as_text) == args
+    assert pasted_args(as_text) == args
 
 
 def test_defaults_are_left_out_of_the_infotext_and_restored_on_paste():
     args = DatoArgs(enabled=True)
     params = infotext_params(args, load("balanced"), has_hires=True)
     assert "DaTo max downsample" not in params and "DaTo hires" not in params
-    pasted = args_from_infotext({k: str(v) for k, v in params.items()},
+    pasted = pasted_args({k: str(v) for k, v in params.items()},
                                 defaults=DatoArgs(max_downsample=4, hr_mode="off"))
     assert pasted.max_downsample == 1 and pasted.hr_mode == "same"
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
+from pathlib import Path
 
 import gradio as gr
 import pytest
 import webui_stub.harness as harness  # first: puts the stand-in `modules` on sys.path
 from modules import errors, scripts, shared
 
-from dato.options import ARG_NAMES, DatoArgs
+from dato.core.options import ARG_NAMES, DatoArgs
 
 pytest_plugins = ["webui_stub.harness"]  # the host and model fixtures
 
@@ -173,8 +176,34 @@ def test_preview_updates_are_wired_to_every_control(host):
 
 def test_script_loads_as_the_webui_loads_it(host):
     data = next(d for d in scripts.scripts_data if d.script_class.__name__ == "DatoScript")
-    assert data.module.__name__ == "dato.py"  # script_loading names the module after the file
+    assert data.module.__name__ == "dato_script.py"  # script_loading names the module after the file
     assert "dato_webui" not in data.module.__name__ and errors.reported == []
+    glue = sys.modules["dato_webui"]
+    assert Path(glue.__file__).parent == harness.ROOT / "scripts" / "dato_webui"
+    assert str(harness.ROOT / "scripts") not in sys.path, "sys.path is as the WebUI left it"
+
+
+def test_the_entry_script_loads_its_own_glue_over_another_checkouts(model, tmp_path):
+    """A ``dato_webui`` of another copy of the extension, imported first, is replaced by this one's."""
+    other = types.ModuleType("dato_webui")
+    other.__file__ = str(tmp_path / "elsewhere" / "dato_webui" / "__init__.py")
+    sys.modules["dato_webui"] = other
+    harness.fresh_host(model, build_ui=False, user_dir=tmp_path / "user")
+    assert sys.modules["dato_webui"] is not other and errors.reported == []
+    assert Path(sys.modules["dato_webui"].__file__).parent == harness.ROOT / "scripts" / "dato_webui"
+    assert sys.modules["dato_webui.runtime"].RUNTIME is harness.runtime()
+
+
+def test_the_accordions_ui_config_keys_keep_the_entry_scripts_old_name(host):
+    """The WebUI keys script controls in ui-config.json by file name (``customscript/<file>/...``); the accordion's
+    saved defaults were keyed under ``dato.py`` before the entry script became ``dato_script.py``."""
+    assert {c.custom_script_source for c in dato_script(host).controls} == {"dato_script.py"}  # as labelled
+    from modules import script_callbacks
+
+    tabs = script_callbacks.ui_tabs_callback()  # after txt2img/img2img, before the WebUI reads the keys
+    assert [t[2] for t in tabs] == ["dato_search"]
+    for tab in ("txt2img", "img2img"):
+        assert {c.custom_script_source for c in dato_script(host, tab).controls} == {"dato.py"}
 
 
 def test_script_reload_takes_the_patch_off(host, model):

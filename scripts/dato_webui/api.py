@@ -28,19 +28,16 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from dato.options import ARG_FIELDS, ARG_NAMES, ArgsError, DatoArgs, pass_summary
-from dato.schedule import Schedule, ScheduleError
+from dato.core.options import ARG_FIELDS, ArgsError, DatoArgs, pass_summary
+from dato.core.schedule import Schedule, ScheduleError
 
 from . import settings, store
+from .requests import RequestError, error_response, parse_json, read_json
 
 PREFIX = "/dato/v1"
 SCRIPT_KEY = "dato"  # alwayson_scripts key: the script title, lowercased
 GENERATION_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 MAX_UPLOAD = 1 << 20
-
-
-def _error(status: int, message: str):
-    return JSONResponse(status_code=status, content={"detail": message})
 
 
 def args_spec() -> dict[str, Any]:
@@ -61,7 +58,7 @@ def check_args(args: Any) -> DatoArgs:
                         f"{type(args).__name__}")
     parsed = DatoArgs.from_args(args, settings.defaults())
     if parsed.enabled:  # the schedules must exist and the ratio suit the method
-        from dato.options import build_schedule
+        from dato.core.options import build_schedule
 
         build_schedule(parsed.first_pass(), store.load)
         hires = parsed.hires_pass()
@@ -80,15 +77,15 @@ def register(app: Any) -> None:
     @app.post(PREFIX + "/args", tags=["sd-webui-dato"])
     async def post_args(request: Request):
         try:
-            body = json.loads((await request.body()).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
+            body = await read_json(request)
+        except RequestError as exc:
+            return error_response(exc.status, str(exc))
         if not isinstance(body, dict) or "args" not in body:
-            return _error(422, "expected a JSON object {\"args\": [...]}")
+            return error_response(422, "expected a JSON object {\"args\": [...]}")
         try:
             parsed = check_args(body["args"])
         except (ArgsError, ScheduleError) as exc:
-            return _error(422, str(exc))
+            return error_response(422, str(exc))
         return {"args": parsed.to_args(), "named": parsed.to_dict()}
 
     @app.get(PREFIX + "/schedules", tags=["sd-webui-dato"])
@@ -106,11 +103,11 @@ def register(app: Any) -> None:
         try:
             entry, schedule = store.get(name)
         except store.StoreError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         result = {**store.describe(entry, schedule), "schedule": schedule.to_dict()}
         if steps is not None:
             if not 1 <= steps <= 10000:
-                return _error(422, f"steps = {steps}: expected 1..10000")
+                return error_response(422, f"steps = {steps}: expected 1..10000")
             result["resampled"] = pass_summary(schedule, steps)
         return result
 
@@ -118,21 +115,21 @@ def register(app: Any) -> None:
     async def upload_schedule(request: Request):
         raw = await request.body()
         if len(raw) > MAX_UPLOAD:
-            return _error(413, f"schedule file too large ({len(raw)} bytes; limit {MAX_UPLOAD})")
+            return error_response(413, f"schedule file too large ({len(raw)} bytes; limit {MAX_UPLOAD})")
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
+            data = parse_json(raw)
+        except RequestError as exc:
+            return error_response(exc.status, str(exc))
         if isinstance(data, dict) and isinstance(data.get("schedule"), dict):
             data = data["schedule"]  # the GET answer's shape is accepted too
         try:
             schedule = Schedule.from_dict(data, source="uploaded schedule")
         except (ScheduleError, TypeError) as exc:
-            return _error(422, str(exc))
+            return error_response(422, str(exc))
         try:
             entry = store.save(schedule)
         except store.StoreError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         return JSONResponse(status_code=201, content=store.describe(entry, schedule))
 
     @app.delete(PREFIX + "/schedules/{name}", tags=["sd-webui-dato"])
@@ -140,7 +137,7 @@ def register(app: Any) -> None:
         try:
             entry = store.delete(name)
         except store.StoreError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         return {"deleted": entry.name, "source": entry.source}
 
     try:
@@ -217,4 +214,4 @@ def _problem(body: bytes) -> str | None:
     return None
 
 
-__all__ = ["ARG_NAMES", "ArgsCheckMiddleware", "args_spec", "check_args", "register"]
+__all__ = ["ArgsCheckMiddleware", "args_spec", "check_args", "register"]

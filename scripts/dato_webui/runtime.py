@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dato
-from dato.options import ArgsError, DatoArgs, PassSettings, build_schedule, infotext_params
-from dato.schedule import Schedule, ScheduleError
+from dato.core.options import ArgsError, DatoArgs, PassSettings, build_schedule, infotext_params
+from dato.core.schedule import Schedule, ScheduleError
 
 from . import store
 
@@ -151,26 +151,23 @@ class Runtime:
         self.run = Run(p, effective, first, hires, job_start, job_bound)
 
     def _plan(self, p: Any, settings: PassSettings, for_hr: bool) -> PassPlan:
-        settings = self._compose_with_token_merging(p, settings, for_hr)
+        """The pass's settings and schedule, built once; rebuilt without tokens only when Token Merging is on."""
         schedule, source = build_schedule(settings, store.load)
+        tome = self._token_merging_ratio(p, for_hr)
+        if tome > 0 and settings.method != "none" and schedule.method != "none" and any(schedule.ratio):
+            # the WebUI's Token Merging (tomesd) and a token method cannot share the blocks: keep caching only
+            pass_name = "hires pass" if for_hr else "first pass"
+            tell(p, f"the WebUI's Token Merging (ratio {tome:g}) is on, so the {pass_name} uses caching only "
+                    f"(token method {settings.method!r} is off). Set Settings > Optimizations > Token merging "
+                    "ratio to 0 to use it.")
+            settings = replace(settings, method="none")
+            schedule, source = build_schedule(settings, store.load)
         return PassPlan(settings, schedule, source)
 
     @staticmethod
-    def _compose_with_token_merging(p: Any, settings: PassSettings, for_hr: bool) -> PassSettings:
-        """The WebUI's Token Merging (tomesd) and a token method cannot share the blocks: keep caching only."""
+    def _token_merging_ratio(p: Any, for_hr: bool) -> float:
         get_ratio = getattr(p, "get_token_merging_ratio", None)
-        tome = float(get_ratio(for_hr=for_hr) or 0) if callable(get_ratio) else 0.0
-        if tome <= 0 or settings.method == "none":
-            return settings
-        if settings.method == "schedule":
-            schedule, _ = build_schedule(settings, store.load)
-            if schedule.method == "none" or not any(r > 0 for r in schedule.ratio):
-                return settings
-        pass_name = "hires pass" if for_hr else "first pass"
-        tell(p, f"the WebUI's Token Merging (ratio {tome:g}) is on, so the {pass_name} uses caching only "
-                f"(token method {settings.method!r} is off). Set Settings > Optimizations > Token merging "
-                "ratio to 0 to use it.")
-        return replace(settings, method="none")
+        return float(get_ratio(for_hr=for_hr) or 0) if callable(get_ratio) else 0.0
 
     @staticmethod
     def _effective_args(args: DatoArgs, first: PassPlan, hires: PassPlan | None, has_hires: bool) -> DatoArgs:
@@ -245,12 +242,9 @@ class Runtime:
         run, unet = self.run, self._unet_ref() if self._unet_ref is not None else None
         if run is None or unet is None:
             return
-        denoiser = getattr(params, "denoiser", None)
-        p = getattr(denoiser, "p", None)
+        p, step, total = denoiser_step(params)
         if p is not run.p:
             return
-        step = int(getattr(denoiser, "step", 0) or 0)
-        total = int(getattr(denoiser, "total_steps", 0) or 0) or max(step + 1, 1)
         dato.set_step(unet, step, total, pass_index=1 if getattr(p, "is_hr_pass", False) else 0)
 
     def end(self, p: Any) -> None:
@@ -289,35 +283,9 @@ class Runtime:
 RUNTIME = Runtime()
 
 
-def register_cfg_denoiser_once(callback, name: str) -> None:
-    """Register an ``on_cfg_denoiser`` step clock unless one named ``name`` is there.
-
-    "Reload UI" clears the WebUI's callbacks but keeps our modules imported, so the
-    Search tab and its generators call this whenever their UI or routes are set up.
-    """
-    try:
-        from modules import script_callbacks
-    except ImportError:  # imported outside the WebUI (docs, linters)
-        return
-    registered = getattr(script_callbacks, "callback_map", {}).get("callbacks_cfg_denoiser", [])
-    if not any(str(getattr(c, "name", "")).endswith(name) for c in registered):
-        script_callbacks.on_cfg_denoiser(callback, name=name)
-
-
-def private_txt2img(reason: str, *, prompt: str, negative_prompt: str, seed: int, steps: int, cfg_scale: float,
-                    width: int, height: int, sampler_name: str):
-    """A one-image txt2img for the Search tab's own generations (search evaluations, calibration).
-
-    A stale accordion patch is removed first (it must not touch what the tab measures), nothing is saved,
-    and ``p.scripts = None`` keeps every AlwaysOn script, the accordion included, out of it.
-    """
-    from modules import processing
-
-    RUNTIME.remove(reason)
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
-        width=width, height=height, batch_size=1, n_iter=1, sampler_name=sampler_name)
-    p.do_not_save_samples = True
-    p.do_not_save_grid = True
-    p.scripts = None
-    return p
+def denoiser_step(params: Any) -> tuple[Any, int, int]:
+    """``(p, step, total)`` of an ``on_cfg_denoiser`` call: the WebUI's denoiser knows its job, step and count."""
+    denoiser = getattr(params, "denoiser", None)
+    step = int(getattr(denoiser, "step", 0) or 0)
+    total = int(getattr(denoiser, "total_steps", 0) or 0) or max(step + 1, 1)
+    return getattr(denoiser, "p", None), step, total

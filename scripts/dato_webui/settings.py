@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dato.options import HR_MODES, METHOD_CHOICES, ArgsError, DatoArgs
+from dato.core.options import HR_MODES, METHOD_CHOICES, ArgsError, DatoArgs
 
 SECTION = ("dato", "DaTo acceleration")
 

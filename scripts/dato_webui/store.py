@@ -2,7 +2,8 @@
 
 * presets: ``schedules/*.json`` of the extension (read-only, shipped);
 * search results: ``schedules/searches/`` (written by the Search tab);
-* user uploads: ``schedules/user/`` or the folder set in Settings > DaTo.
+* user uploads: ``schedules/user/`` or the folder set in Settings > DaTo;
+* beside them, what the Search tab's other generators keep: ``schedules/calibrations/`` and ``schedules/gates/``.
 
 Later folders win on a name clash, as in :func:`dato.find_schedules`; an
 upload never takes a name that exists anywhere or a reserved word, and is
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dato
-from dato.options import RESERVED_SCHEDULE_NAMES, SCHEDULE_NONE, SCHEDULE_UNIFORM
-from dato.schedule import Schedule, ScheduleError, builtin_schedule_dir
+from dato.core.options import RESERVED_SCHEDULE_NAMES, SCHEDULE_NONE, SCHEDULE_UNIFORM
+from dato.core.schedule import Schedule, ScheduleError, builtin_schedule_dir
 
 PRESET, SEARCH, USER = "preset", "search", "user"
 _LOCK = threading.Lock()
@@ -51,6 +52,14 @@ def preset_dir() -> Path:
 
 def search_dir() -> Path:
     return builtin_schedule_dir() / "searches"
+
+
+def calibrations_dir() -> Path:
+    return search_dir().parent / "calibrations"
+
+
+def gates_dir() -> Path:
+    return search_dir().parent / "gates"
 
 
 def user_dir() -> Path:

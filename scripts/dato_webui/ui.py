@@ -1,4 +1,4 @@
-"""The accordion: controls built from :data:`dato.options.ARG_FIELDS`, the step preview, paste fields.
+"""The accordion: controls built from :data:`dato.core.options.ARG_FIELDS`, the step preview, paste fields.
 
 The controls are returned in ``ARG_NAMES`` order, which is the API's
 positional order. The preview is computed here (the engine resamples the
@@ -15,8 +15,10 @@ from typing import Any
 
 import gradio as gr
 
-from dato.options import (
+from dato.core.layout import DEFAULT_LAYOUT
+from dato.core.options import (
     ARG_NAMES,
+    DOWNSAMPLE_CHOICES,
     HR_MODES,
     INFOTEXT_KEYS,
     METHOD_CHOICES,
@@ -27,11 +29,11 @@ from dato.options import (
     build_schedule,
     pass_summary,
 )
-from dato.schedule import RATIO_LIMIT, ScheduleError
+from dato.core.schedule import RATIO_LIMIT, ScheduleError
 
 from . import settings, store
 
-DOWNSAMPLE_CHOICES = (("64×64 only", 1), ("+32×32", 2), ("+16×16", 4), ("all levels", 8))
+DEEPEST = DEFAULT_LAYOUT.max_depth  # the depth sliders' range (the page is built before a model is known)
 HINTS = {
     "enabled": "Open to accelerate this generation; closed = the WebUI runs unchanged.",
     "method": "How self-attention gets cheaper: DaTo prunes tokens by temporal dynamics, ToMe merges similar "
@@ -49,10 +51,25 @@ HINTS = {
 }
 
 
-# The accordions' schedule dropdowns on the page, by tab ("txt2img", "img2img"): those of the build that wires
-# the events (later ``ui()`` calls for the API's defaults build throwaway copies); "Reload UI" replaces them.
-# The Search tab updates their choices when it saves a schedule, so the new one is there without pressing 🔄.
+def _level_label(factor: int, side: int = 64) -> str:
+    """A token-level choice by the latent grid it adds at 512 px (a 64×64 latent)."""
+    if factor == 1:
+        return f"{side}×{side} only"
+    return "all levels" if factor == max(DOWNSAMPLE_CHOICES) else f"+{side // factor}×{side // factor}"
+
+
+LEVEL_CHOICES = tuple((_level_label(factor), factor) for factor in DOWNSAMPLE_CHOICES)
+
+
+# The accordions' controls and schedule dropdowns on the page, by tab ("txt2img", "img2img"): those of the build
+# that wires the events (later ``ui()`` calls for the API's defaults build throwaway copies); "Reload UI" replaces
+# them. The Search tab updates the dropdowns' choices when it saves a schedule, so the new one is there without
+# pressing 🔄.
+PAGE_CONTROLS: dict[str, list[Any]] = {}
 SCHEDULE_DROPDOWNS: dict[str, list[Any]] = {}
+#: the script file name in the accordion's ``ui-config.json`` keys (``customscript/dato.py/txt2img/...``): the
+#: entry script's name before it became ``dato_script.py``, kept so that saved defaults still apply
+UI_CONFIG_SOURCE = "dato.py"
 
 
 def schedule_choices() -> list[str]:
@@ -99,7 +116,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
         with FormRow(elem_classes=["dato-row"]):
             c["ratio"] = gr.Slider(label="Token ratio", minimum=0.0, maximum=RATIO_LIMIT, step=0.01,
                                    value=d.ratio, elem_id=_elem(script, "ratio"), info=HINTS["ratio"])
-            c["max_downsample"] = gr.Radio(label="Token levels", choices=list(DOWNSAMPLE_CHOICES),
+            c["max_downsample"] = gr.Radio(label="Token levels", choices=list(LEVEL_CHOICES),
                                            value=d.max_downsample, elem_id=_elem(script, "max_downsample"),
                                            info=HINTS["max_downsample"])
         with FormRow(elem_classes=["dato-row"]):
@@ -108,7 +125,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
         with FormRow(elem_classes=["dato-row"], visible=d.schedule == SCHEDULE_UNIFORM) as uniform_row:
             c["interval"] = gr.Slider(label="Uniform: full step every N", minimum=1, maximum=25, step=1,
                                       value=d.interval, elem_id=_elem(script, "interval"), info=HINTS["interval"])
-            c["depth"] = gr.Slider(label="Uniform: cache depth", minimum=0, maximum=11, step=1, value=d.depth,
+            c["depth"] = gr.Slider(label="Uniform: cache depth", minimum=0, maximum=DEEPEST, step=1, value=d.depth,
                                    elem_id=_elem(script, "depth"), info=HINTS["depth"])
         with gr.Group(visible=not is_img2img, elem_classes=["dato-hires"]):
             c["hr_mode"] = gr.Radio(label="Hires. fix pass", choices=list(HR_MODES), value=d.hr_mode,
@@ -126,7 +143,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                     c["hr_interval"] = gr.Slider(label="Hires uniform: every N", minimum=1, maximum=25, step=1,
                                                  value=d.hr_interval, elem_id=_elem(script, "hr_interval"),
                                                  info="hires pass: " + HINTS["interval"])
-                    c["hr_depth"] = gr.Slider(label="Hires uniform: depth", minimum=0, maximum=11, step=1,
+                    c["hr_depth"] = gr.Slider(label="Hires uniform: depth", minimum=0, maximum=DEEPEST, step=1,
                                               value=d.hr_depth, elem_id=_elem(script, "hr_depth"),
                                               info="hires pass: " + HINTS["depth"])
         context = gr.Textbox(value="{}", visible=False, elem_id=_elem(script, "context"),
@@ -138,6 +155,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
 
     if not getattr(script, "_dato_events_wired", False):  # ui() runs again for API defaults: no events then
         script._dato_events_wired = True
+        PAGE_CONTROLS["img2img" if is_img2img else "txt2img"] = controls
         SCHEDULE_DROPDOWNS["img2img" if is_img2img else "txt2img"] = [c["schedule"], c["hr_schedule"]]
         inputs = controls[1:] + [context]
 
@@ -157,6 +175,18 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     script.infotext_fields = [PasteField(c[name], INFOTEXT_KEYS[name], api=None) for name in ARG_NAMES]
     script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES]
     return controls
+
+
+def keep_ui_config_keys() -> list:
+    """``on_ui_tabs``: the accordion's controls keep their ``ui-config.json`` keys (see :data:`UI_CONFIG_SOURCE`).
+
+    The WebUI keys a script's controls by its file name, set after ``ui()`` returns; ``on_ui_tabs`` runs after
+    txt2img and img2img are built and before the keys are read (``modules/ui.py: create_ui``). No tab is added.
+    """
+    for controls in PAGE_CONTROLS.values():
+        for control in controls:
+            control.custom_script_source = UI_CONFIG_SOURCE
+    return []
 
 
 def _values_of(args: DatoArgs) -> dict[str, Any]:
@@ -235,10 +265,16 @@ def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> 
         else:
             ratio = f", {p['method']} {max(p['ratio']):.2f}" if p["method"] != "none" else ""
             lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}): {p['preview']}")
-    text = "<br>".join(html.escape(line) for line in lines)
+    return preview_box(data, "<br>".join(html.escape(line) for line in lines))
+
+
+def preview_box(data: dict[str, Any], text: str = "") -> str:
+    """The step cells ``javascript/dato.js`` draws from ``data`` (``{"passes": [...], "context": ...}``), and
+    ``text`` (HTML) beside them; the Search tab's sections show their schedules with it too."""
     payload = html.escape(json.dumps(data, separators=(",", ":")), quote=True)
     return f'<div class="dato-preview" data-dato="{payload}"><div class="dato-preview-text">{text}</div></div>'
 
 
-__all__ = ["SCHEDULE_DROPDOWNS", "build", "pass_steps", "preview_data", "preview_html", "refreshed_choices",
-           "schedule_choices", "schedule_dropdowns"]
+__all__ = ["PAGE_CONTROLS", "SCHEDULE_DROPDOWNS", "UI_CONFIG_SOURCE", "build", "keep_ui_config_keys", "pass_steps",
+           "preview_box", "preview_data", "preview_html", "refreshed_choices", "schedule_choices",
+           "schedule_dropdowns"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dato.options import METHOD_CHOICES
+from dato.core.options import METHOD_CHOICES
 
 from . import store
 

@@ -52,7 +52,7 @@ class FakeLatentDiffusion(torch.nn.Module):
 
 
 def make_model(seed: int = 0, name: str = "tiny") -> FakeLatentDiffusion:
-    from dato.models import build_unet, tiny_unet_config
+    from dato.evaluation.models import build_unet, tiny_unet_config
 
     return FakeLatentDiffusion(build_unet(tiny_unet_config(), seed=seed), name=name)
 
@@ -151,7 +151,7 @@ def fresh_host(model: torch.nn.Module | None = None, build_ui: bool = True, extr
     errors.reported.clear()
     if model is not None:
         shared.sd_model = model
-    files = [scripts.ScriptFile(str(ROOT), "dato.py", str(ROOT / "scripts" / "dato.py"))]
+    files = [scripts.ScriptFile(str(ROOT), "dato_script.py", str(ROOT / "scripts" / "dato_script.py"))]
     if extra_scripts:
         files.append(scripts.ScriptFile(str(STUB), "xyz_grid.py", str(STUB / "xyz_grid.py")))
     scripts.load_scripts(files)

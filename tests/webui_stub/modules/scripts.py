@@ -11,6 +11,7 @@ swallowing their exceptions like the real runner.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from collections import namedtuple
@@ -184,6 +185,8 @@ class ScriptRunner:
         script.controls = controls
         if controls is None:
             return
+        for control in controls:  # ui-config.json keys of script controls: customscript/<file name>/...
+            control.custom_script_source = os.path.basename(script.filename)
         script.name = script.title().lower()
         if script.infotext_fields is not None:
             self.infotext_fields += script.infotext_fields

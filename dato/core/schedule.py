@@ -1,0 +1,375 @@
+"""The Schedule: which sampling step is computed how.
+
+Per step ``i`` of ``steps``:
+
+* ``cache[i]`` is ``FULL`` (the whole UNet runs), a branch depth ``d >= 0``
+  (only the shallow branch runs, see :mod:`dato.core.layout`), or ``REUSE`` (the
+  previous UNet output is returned whole, DaTo's extreme case);
+* ``ratio[i]`` is the token-reduction ratio of that step's self-attention.
+
+Everything else in the project (the patch, the presets, the WebUI preview, the
+search genome, calibration) reads and writes this one structure. It is
+immutable; the ``with_*``/``resample`` methods return new schedules.
+
+In JSON a cache action is ``"full"``, ``"reuse"`` or an integer depth.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dato.core.fileio import atomic_write_bytes
+
+__all__ = [
+    "FULL",
+    "REUSE",
+    "METHODS",
+    "FORMAT_VERSION",
+    "Schedule",
+    "ScheduleError",
+    "builtin_schedule_dir",
+    "find_schedules",
+    "load_schedule",
+    "ratio_allowed",
+    "ratio_range",
+    "RATIO_LIMIT",
+]
+
+FULL = -1
+REUSE = -2
+METHODS = ("prune", "merge", "downsample", "none")
+FORMAT_VERSION = 1
+MAX_DEPTH_LIMIT = 63
+_FLAT_LIST_RE = re.compile(r"\[\s+([^\[\]{}\"]*(?:\"[^\"\[\]]*\"[^\[\]{}\"]*)*)\s+\]")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")
+
+
+class ScheduleError(ValueError):
+    """A schedule or an option is invalid; the message names the field and the value."""
+
+
+RATIO_LIMIT = 0.75
+
+
+def ratio_allowed(method: str, ratio: float) -> bool:
+    """prune/merge keep one base token per 2x2 patch, so r < 0.75; ToDo may go to a half-size grid (0.75)."""
+    if not math.isfinite(ratio) or ratio < 0.0:
+        return False
+    return ratio <= RATIO_LIMIT if method == "downsample" else ratio < RATIO_LIMIT
+
+
+def ratio_range(method: str) -> str:
+    """The range :func:`ratio_allowed` accepts for ``method``, as every message states it."""
+    return f"0 <= r <= {RATIO_LIMIT}" if method == "downsample" else f"0 <= r < {RATIO_LIMIT}"
+
+
+def builtin_schedule_dir() -> Path:
+    """``schedules/`` of this checkout: presets shipped with the extension."""
+    return Path(__file__).resolve().parents[2] / "schedules"
+
+
+def _action_from_json(value: Any, where: str) -> int:
+    if value == "full":
+        return FULL
+    if value == "reuse":
+        return REUSE
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ScheduleError(f"{where} = {value!r}: expected 'full', 'reuse' or a depth 0..{MAX_DEPTH_LIMIT}")
+    if not 0 <= value <= MAX_DEPTH_LIMIT:
+        raise ScheduleError(f"{where} = {value!r}: depth must be in 0..{MAX_DEPTH_LIMIT}")
+    return value
+
+
+def _action_to_json(action: int) -> str | int:
+    return "full" if action == FULL else "reuse" if action == REUSE else action
+
+
+def action_label(action: int) -> str:
+    """One character per step for previews: F full, R reuse, 0-9/a-z depth."""
+    if action == FULL:
+        return "F"
+    if action == REUSE:
+        return "R"
+    return "0123456789abcdefghijklmnopqrstuvwxyz"[action] if action < 36 else "+"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step cache actions and token ratios, with a name and provenance.
+
+    Build one with :meth:`uniform`, :meth:`full`, :meth:`from_dict`/:meth:`load`
+    or the constructor (which validates).
+    """
+
+    name: str
+    cache: tuple[int, ...]
+    ratio: tuple[float, ...]
+    method: str = "prune"
+    description: str = ""
+    rule: Mapping[str, Any] | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache", tuple(int(a) for a in self.cache))
+        object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
+        self.validate()
+
+    # ----------------------------------------------------------------- checks
+    @property
+    def steps(self) -> int:
+        return len(self.cache)
+
+    def validate(self) -> None:
+        """Raise :class:`ScheduleError` naming the first bad field and value."""
+        label = f"schedule {self.name!r}"
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ScheduleError(
+                f"schedule name {self.name!r}: use 1-64 letters, digits, space, '_', '-' or '.'"
+            )
+        if self.method not in METHODS:
+            raise ScheduleError(f"{label}: method = {self.method!r}, expected one of {', '.join(METHODS)}")
+        if self.steps < 1:
+            raise ScheduleError(f"{label}: cache is empty; a schedule needs at least one step")
+        if len(self.ratio) != self.steps:
+            raise ScheduleError(
+                f"{label}: ratio has {len(self.ratio)} entries but cache has {self.steps}; they must match"
+            )
+        for i, action in enumerate(self.cache):
+            if action not in (FULL, REUSE) and not 0 <= action <= MAX_DEPTH_LIMIT:
+                raise ScheduleError(f"{label}: cache[{i}] = {action!r} is not full, reuse or a depth")
+        if self.cache[0] != FULL:
+            raise ScheduleError(
+                f"{label}: cache[0] = {_action_to_json(self.cache[0])!r}; the first step must be 'full'"
+            )
+        for i, r in enumerate(self.ratio):
+            if not ratio_allowed(self.method, r):
+                raise ScheduleError(f"{label}: ratio[{i}] = {r!r}; {self.method!r} needs {ratio_range(self.method)}")
+        if self.rule is not None:
+            _validate_rule(self.rule, label)
+
+    # ------------------------------------------------------------ builders
+    @classmethod
+    def full(cls, steps: int, ratio: float = 0.0, method: str = "prune", name: str = "full") -> Schedule:
+        """Every step computed; token reduction at a constant ratio."""
+        _check_steps(steps)
+        return cls(name, (FULL,) * steps, (ratio,) * steps, method)
+
+    @classmethod
+    def uniform(
+        cls,
+        steps: int,
+        interval: int,
+        depth: int = 0,
+        ratio: float = 0.0,
+        method: str = "prune",
+        name: str | None = None,
+    ) -> Schedule:
+        """DeepCache's uniform schedule: a full step every ``interval`` steps, cached at ``depth`` between."""
+        _check_steps(steps)
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ScheduleError(f"uniform schedule: interval = {interval!r}, expected an integer >= 1")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH_LIMIT:
+            raise ScheduleError(f"uniform schedule: depth = {depth!r}, expected an integer 0..{MAX_DEPTH_LIMIT}")
+        cache = tuple(FULL if i % interval == 0 else depth for i in range(steps))
+        rule = {"kind": "uniform", "interval": interval, "depth": depth, "ratio": ratio}
+        return cls(name or f"uniform-{interval}-d{depth}", cache, (ratio,) * steps, method, rule=rule)
+
+    def with_ratio(self, ratio: float | Sequence[float]) -> Schedule:
+        """Same cache actions, a constant or per-step token ratio."""
+        ratios = (float(ratio),) * self.steps if isinstance(ratio, (int, float)) else tuple(ratio)
+        rule = dict(self.rule) if self.rule else None
+        if rule and isinstance(ratio, (int, float)):
+            rule["ratio"] = float(ratio)
+        elif rule:
+            rule = None
+        return replace(self, ratio=ratios, rule=rule)
+
+    def with_method(self, method: str) -> Schedule:
+        return replace(self, method=method)
+
+    # ---------------------------------------------------------- resampling
+    def resample(self, steps: int) -> Schedule:
+        """This schedule for ``steps`` sampling steps, on normalised progress.
+
+        A uniform rule regenerates exactly (every 5 stays every 5). Otherwise
+        step ``i`` takes the action and ratio found at progress ``i/steps`` of
+        the original; the first step is always full, so no cached step ever
+        comes before a full one.
+        """
+        _check_steps(steps)
+        if steps == self.steps:
+            return self
+        if self.rule and self.rule.get("kind") == "uniform":
+            regenerated = Schedule.uniform(
+                steps, int(self.rule["interval"]), int(self.rule["depth"]), float(self.rule["ratio"]),
+                self.method, self.name,
+            )
+            return replace(regenerated, description=self.description, provenance=self.provenance)
+        src = [min(self.steps - 1, (i * self.steps) // steps) for i in range(steps)]
+        cache = [self.cache[j] for j in src]
+        cache[0] = FULL
+        return replace(self, cache=tuple(cache), ratio=tuple(self.ratio[j] for j in src))
+
+    # ------------------------------------------------------------- summary
+    @property
+    def full_steps(self) -> int:
+        return sum(a == FULL for a in self.cache)
+
+    @property
+    def max_cache_depth(self) -> int:
+        depths = [a for a in self.cache if a >= 0]
+        return max(depths) if depths else -1
+
+    def preview(self) -> str:
+        """One character per step: ``F`` full, ``R`` reuse, digit = cached at that depth."""
+        return "".join(action_label(a) for a in self.cache)
+
+    def content_hash(self) -> str:
+        """Short hash of what changes images (steps, actions, ratios, method), not of the name."""
+        payload = json.dumps(
+            {"cache": [_action_to_json(a) for a in self.cache], "ratio": [round(r, 6) for r in self.ratio],
+             "method": self.method},
+            sort_keys=True, separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "steps": self.steps,
+            "method": self.method,
+            "cache": [_action_to_json(a) for a in self.cache],
+            "ratio": list(self.ratio),
+            "provenance": dict(self.provenance),
+        }
+        if self.rule is not None:
+            data["rule"] = dict(self.rule)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "schedule") -> Schedule:
+        """Validate and build; unknown fields are refused so typos do not pass silently."""
+        if not isinstance(data, Mapping):
+            raise ScheduleError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {"format_version", "name", "description", "steps", "method", "cache", "ratio", "provenance",
+                 "rule"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScheduleError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))}")
+        version = data.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ScheduleError(f"{source}: format_version = {version!r}; this version reads {FORMAT_VERSION}")
+        for key in ("name", "cache"):
+            if key not in data:
+                raise ScheduleError(f"{source}: missing field {key!r}")
+        name = data["name"]
+        cache_raw = data["cache"]
+        if not isinstance(cache_raw, list):
+            raise ScheduleError(f"{source}: cache = {cache_raw!r}, expected a list")
+        cache = tuple(_action_from_json(v, f"{source}: cache[{i}]") for i, v in enumerate(cache_raw))
+        ratio_raw = data.get("ratio", [0.0] * len(cache))
+        if not isinstance(ratio_raw, list) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratio_raw
+        ):
+            raise ScheduleError(f"{source}: ratio = {ratio_raw!r}, expected a list of numbers")
+        steps = data.get("steps", len(cache))
+        if steps != len(cache):
+            raise ScheduleError(f"{source}: steps = {steps!r} but cache has {len(cache)} entries")
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, Mapping):
+            raise ScheduleError(f"{source}: provenance = {provenance!r}, expected an object")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise ScheduleError(f"{source}: description = {description!r}, expected a string")
+        return cls(
+            name=name, cache=cache, ratio=tuple(ratio_raw), method=data.get("method", "prune"),
+            description=description, rule=data.get("rule"), provenance=dict(provenance),
+        )
+
+    def to_json(self) -> str:
+        """Readable JSON: one field per line, per-step lists on one line each."""
+        text = json.dumps(self.to_dict(), indent=1)
+        return _FLAT_LIST_RE.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "schedule") -> Schedule:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScheduleError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Schedule:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ScheduleError(f"cannot read schedule file {str(path)!r}: {exc.strerror}") from None
+        return cls.from_json(text, source=path.name)
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write atomically (temp file + rename) so a crash never leaves half a schedule."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ScheduleError(f"a schedule file {path.name!r} already exists; choose another name")
+        return atomic_write_bytes(path, self.to_json().encode("utf-8"))
+
+    def with_provenance(self, **info: Any) -> Schedule:
+        merged = dict(self.provenance)
+        merged.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        merged.update(info)
+        return replace(self, provenance=merged)
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000:
+        raise ScheduleError(f"steps = {steps!r}, expected an integer 1..10000")
+
+
+def _validate_rule(rule: Mapping[str, Any], label: str) -> None:
+    if not isinstance(rule, Mapping) or rule.get("kind") != "uniform":
+        raise ScheduleError(f"{label}: rule = {rule!r}; the only rule kind is 'uniform'")
+    for key in ("interval", "depth", "ratio"):
+        if key not in rule:
+            raise ScheduleError(f"{label}: rule is missing {key!r}")
+
+
+def find_schedules(dirs: Iterable[str | os.PathLike[str]] | None = None) -> dict[str, Path]:
+    """Schedule name -> file, from the built-in presets and any extra folders (later folders win)."""
+    found: dict[str, Path] = {}
+    folders = [builtin_schedule_dir(), *(Path(d) for d in (dirs or ()))]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            found[path.stem] = path
+    return found
+
+
+def load_schedule(name_or_path: str | os.PathLike[str] | Schedule,
+                  dirs: Iterable[str | os.PathLike[str]] | None = None) -> Schedule:
+    """A :class:`Schedule` from itself, a preset name, or a JSON file path."""
+    if isinstance(name_or_path, Schedule):
+        return name_or_path
+    text = str(name_or_path)
+    if text.endswith(".json") and Path(text).is_file():
+        return Schedule.load(text)
+    known = find_schedules(dirs)
+    if text in known:
+        return Schedule.load(known[text])
+    raise ScheduleError(
+        f"unknown schedule {text!r}; known: {', '.join(sorted(known)) or 'none'} (or give a .json path)"
+    )
