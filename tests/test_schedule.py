@@ -132,3 +132,87 @@ def test_unknown_preset_lists_the_known_ones():
 def test_invalid_uniform_arguments(kwargs, message):
     with pytest.raises(ScheduleError, match=message):
         Schedule.uniform(**kwargs)
+
+
+# ----------------------------------------------------------------- rules (issue 12)
+UNIFORM3 = {"name": "u", "cache": ["full", 0, 0, "full", 0, 0], "ratio": [0.4] * 6}
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("uniform", r"rule = 'uniform', expected an object"),
+    ({"kind": "magic", "interval": 3, "depth": 0, "ratio": 0.4}, r"rule.kind = 'magic'; the only rule kind"),
+    ({"interval": 3, "depth": 0, "ratio": 0.4}, r"rule.kind = None"),
+    ({"kind": "uniform", "depth": 0, "ratio": 0.4}, r"rule is missing 'interval'"),
+    ({"kind": "uniform", "interval": 3, "ratio": 0.4}, r"rule is missing 'depth'"),
+    ({"kind": "uniform", "interval": 3, "depth": 0}, r"rule is missing 'ratio'"),
+    ({"kind": "uniform", "interval": 3, "depth": 0, "ratio": 0.4, "every": 2}, r"rule has unknown field\(s\) 'every'"),
+    ({"kind": "uniform", "interval": 0, "depth": 0, "ratio": 0.4}, r"rule.interval = 0, expected an integer 1..10000"),
+    ({"kind": "uniform", "interval": 3.0, "depth": 0, "ratio": 0.4}, r"rule.interval = 3.0"),
+    ({"kind": "uniform", "interval": True, "depth": 0, "ratio": 0.4}, r"rule.interval = True"),
+    ({"kind": "uniform", "interval": "3", "depth": 0, "ratio": 0.4}, r"rule.interval = '3'"),
+    ({"kind": "uniform", "interval": 3, "depth": -1, "ratio": 0.4}, r"rule.depth = -1, expected an integer 0..63"),
+    ({"kind": "uniform", "interval": 3, "depth": 64, "ratio": 0.4}, r"rule.depth = 64"),
+    ({"kind": "uniform", "interval": 3, "depth": 0, "ratio": 0.75}, r"rule.ratio = 0.75; 'prune' needs 0 <= r < 0.75"),
+    ({"kind": "uniform", "interval": 3, "depth": 0, "ratio": float("nan")}, r"rule.ratio = nan"),
+    ({"kind": "uniform", "interval": 3, "depth": 0, "ratio": "0.4"}, r"rule.ratio = '0.4'"),
+    ({"kind": "uniform", "interval": 2, "depth": 0, "ratio": 0.4},
+     r"rule \(uniform, interval 2, depth 0\) contradicts cache\[2\] = 0; the rule gives 'full'"),
+    ({"kind": "uniform", "interval": 3, "depth": 1, "ratio": 0.4}, r"contradicts cache\[1\] = 0; the rule gives 1"),
+    ({"kind": "uniform", "interval": 3, "depth": 0, "ratio": 0.3}, r"rule.ratio = 0.3 contradicts ratio\[0\] = 0.4"),
+])
+def test_rule_is_validated_fully_and_must_match_the_schedule(rule, message):
+    with pytest.raises(ScheduleError, match=message):
+        Schedule.from_dict({**UNIFORM3, "rule": rule}, source="rule.json")
+
+
+def test_a_consistent_rule_is_accepted_and_regenerates():
+    s = Schedule.from_dict({**UNIFORM3, "rule": {"kind": "uniform", "interval": 3, "depth": 0, "ratio": 0.4}})
+    assert s.resample(9).preview() == "F00F00F00"
+    downsample = {**UNIFORM3, "method": "downsample", "ratio": [0.75] * 6,
+                  "rule": {"kind": "uniform", "interval": 3, "depth": 0, "ratio": 0.75}}
+    assert Schedule.from_dict(downsample).rule["ratio"] == 0.75  # 0.75 is allowed for downsample only
+
+
+def test_the_step_limit_is_one_constant():
+    from dato.core.schedule import MAX_STEPS
+
+    assert MAX_STEPS == 10_000
+    Schedule.full(MAX_STEPS)
+    with pytest.raises(ScheduleError, match=f"expected an integer 1..{MAX_STEPS}"):
+        Schedule.full(MAX_STEPS + 1)
+    with pytest.raises(ScheduleError, match=f"at most {MAX_STEPS}"):
+        Schedule.from_dict({"name": "long", "cache": ["full"] * (MAX_STEPS + 1)})
+
+
+def test_short_repr_truncates_long_values():
+    from dato.core.schedule import short_repr
+
+    assert short_repr("abc") == "'abc'"
+    assert short_repr(0.5) == "0.5"
+    long = short_repr("x" * 50_000_000)
+    assert long.startswith("'" + "x" * 60 + "'...") and "50000000 characters" in long and len(long) < 100
+    assert len(short_repr(list(range(100_000)))) <= 63
+    assert len(short_repr({"k" * 1000: 1}, limit=30)) <= 33
+    assert short_repr("y" * 30, limit=10) == "'" + "y" * 10 + "'... (30 characters)"
+
+
+@pytest.mark.parametrize("data", [
+    {"name": "n" * 5_000_000, "cache": ["full"]},
+    {"name": "x", "cache": ["full"], "method": "m" * 5_000_000},
+    {"name": "x", "cache": ["z" * 5_000_000]},
+    {"name": "x", "cache": "c" * 5_000_000},
+    {"name": "x", "cache": ["full"], "description": ["d" * 5_000_000]},
+    {"name": "x", "cache": ["full"], "k" * 5_000_000: 1},
+    {"name": "x", "cache": ["full"], "rule": {"kind": "q" * 5_000_000}},
+    {"name": "x", "cache": ["full"], "ratio": [0.1] * 1000 + ["r"]},
+])
+def test_schedule_errors_quote_only_a_short_prefix_of_a_huge_value(data):
+    with pytest.raises(ScheduleError) as info:
+        Schedule.from_dict(data, source="big.json")
+    assert len(str(info.value)) < 300, str(info.value)[:300]
+
+
+def test_unknown_schedule_name_is_quoted_short():
+    with pytest.raises(ScheduleError) as info:
+        load_schedule("n" * 100_000)
+    assert "100000 characters" in str(info.value) and len(str(info.value)) < 2000

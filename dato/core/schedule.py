@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,11 @@ __all__ = [
     "ratio_allowed",
     "ratio_range",
     "RATIO_LIMIT",
+    "MAX_STEPS",
+    "MAX_DEPTH_LIMIT",
+    "RULE_KINDS",
+    "short_repr",
+    "user_schedule_dir",
 ]
 
 FULL = -1
@@ -49,12 +55,35 @@ REUSE = -2
 METHODS = ("prune", "merge", "downsample", "none")
 FORMAT_VERSION = 1
 MAX_DEPTH_LIMIT = 63
+MAX_STEPS = 10_000  # the one step limit: schedules, resampling and every command's --steps
+RULE_KINDS = ("uniform",)
+_RULE_KEYS = ("kind", "interval", "depth", "ratio")
 _FLAT_LIST_RE = re.compile(r"\[\s+([^\[\]{}\"]*(?:\"[^\"\[\]]*\"[^\[\]{}\"]*)*)\s+\]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")
 
 
 class ScheduleError(ValueError):
     """A schedule or an option is invalid; the message names the field and the value."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters so a huge bad value never comes back whole.
+
+    Strings and containers are shortened before they are formatted (a 50 MB name
+    costs nothing); what was cut is marked ``...`` with the full length.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    _SHORT.maxstring = _SHORT.maxother = max(limit, 8)
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 RATIO_LIMIT = 0.75
@@ -83,9 +112,10 @@ def _action_from_json(value: Any, where: str) -> int:
     if value == "reuse":
         return REUSE
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ScheduleError(f"{where} = {value!r}: expected 'full', 'reuse' or a depth 0..{MAX_DEPTH_LIMIT}")
+        raise ScheduleError(
+            f"{where} = {short_repr(value)}: expected 'full', 'reuse' or a depth 0..{MAX_DEPTH_LIMIT}")
     if not 0 <= value <= MAX_DEPTH_LIMIT:
-        raise ScheduleError(f"{where} = {value!r}: depth must be in 0..{MAX_DEPTH_LIMIT}")
+        raise ScheduleError(f"{where} = {short_repr(value)}: depth must be in 0..{MAX_DEPTH_LIMIT}")
     return value
 
 
@@ -130,31 +160,35 @@ class Schedule:
 
     def validate(self) -> None:
         """Raise :class:`ScheduleError` naming the first bad field and value."""
-        label = f"schedule {self.name!r}"
+        label = f"schedule {short_repr(self.name)}"
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ScheduleError(
-                f"schedule name {self.name!r}: use 1-64 letters, digits, space, '_', '-' or '.'"
+                f"schedule name {short_repr(self.name)}: use 1-64 letters, digits, space, '_', '-' or '.'"
             )
         if self.method not in METHODS:
-            raise ScheduleError(f"{label}: method = {self.method!r}, expected one of {', '.join(METHODS)}")
+            raise ScheduleError(f"{label}: method = {short_repr(self.method)}, expected one of "
+                                f"{', '.join(METHODS)}")
         if self.steps < 1:
             raise ScheduleError(f"{label}: cache is empty; a schedule needs at least one step")
+        if self.steps > MAX_STEPS:
+            raise ScheduleError(f"{label}: cache has {self.steps} steps; at most {MAX_STEPS}")
         if len(self.ratio) != self.steps:
             raise ScheduleError(
                 f"{label}: ratio has {len(self.ratio)} entries but cache has {self.steps}; they must match"
             )
         for i, action in enumerate(self.cache):
             if action not in (FULL, REUSE) and not 0 <= action <= MAX_DEPTH_LIMIT:
-                raise ScheduleError(f"{label}: cache[{i}] = {action!r} is not full, reuse or a depth")
+                raise ScheduleError(f"{label}: cache[{i}] = {short_repr(action)} is not full, reuse or a depth")
         if self.cache[0] != FULL:
             raise ScheduleError(
-                f"{label}: cache[0] = {_action_to_json(self.cache[0])!r}; the first step must be 'full'"
+                f"{label}: cache[0] = {short_repr(_action_to_json(self.cache[0]))}; the first step must be 'full'"
             )
         for i, r in enumerate(self.ratio):
             if not ratio_allowed(self.method, r):
-                raise ScheduleError(f"{label}: ratio[{i}] = {r!r}; {self.method!r} needs {ratio_range(self.method)}")
+                raise ScheduleError(f"{label}: ratio[{i}] = {short_repr(r)}; {self.method!r} needs "
+                                    f"{ratio_range(self.method)}")
         if self.rule is not None:
-            _validate_rule(self.rule, label)
+            _validate_rule(self, label)
 
     # ------------------------------------------------------------ builders
     @classmethod
@@ -176,9 +210,10 @@ class Schedule:
         """DeepCache's uniform schedule: a full step every ``interval`` steps, cached at ``depth`` between."""
         _check_steps(steps)
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ScheduleError(f"uniform schedule: interval = {interval!r}, expected an integer >= 1")
+            raise ScheduleError(f"uniform schedule: interval = {short_repr(interval)}, expected an integer >= 1")
         if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH_LIMIT:
-            raise ScheduleError(f"uniform schedule: depth = {depth!r}, expected an integer 0..{MAX_DEPTH_LIMIT}")
+            raise ScheduleError(
+                f"uniform schedule: depth = {short_repr(depth)}, expected an integer 0..{MAX_DEPTH_LIMIT}")
         cache = tuple(FULL if i % interval == 0 else depth for i in range(steps))
         rule = {"kind": "uniform", "interval": interval, "depth": depth, "ratio": ratio}
         return cls(name or f"uniform-{interval}-d{depth}", cache, (ratio,) * steps, method, rule=rule)
@@ -267,32 +302,34 @@ class Schedule:
                  "rule"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ScheduleError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))}")
+            shown = ", ".join(short_repr(k, 40) for k in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+            raise ScheduleError(f"{source}: unknown field(s) {shown}")
         version = data.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ScheduleError(f"{source}: format_version = {version!r}; this version reads {FORMAT_VERSION}")
+            raise ScheduleError(
+                f"{source}: format_version = {short_repr(version)}; this version reads {FORMAT_VERSION}")
         for key in ("name", "cache"):
             if key not in data:
                 raise ScheduleError(f"{source}: missing field {key!r}")
         name = data["name"]
         cache_raw = data["cache"]
         if not isinstance(cache_raw, list):
-            raise ScheduleError(f"{source}: cache = {cache_raw!r}, expected a list")
+            raise ScheduleError(f"{source}: cache = {short_repr(cache_raw)}, expected a list")
         cache = tuple(_action_from_json(v, f"{source}: cache[{i}]") for i, v in enumerate(cache_raw))
         ratio_raw = data.get("ratio", [0.0] * len(cache))
         if not isinstance(ratio_raw, list) or not all(
             isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratio_raw
         ):
-            raise ScheduleError(f"{source}: ratio = {ratio_raw!r}, expected a list of numbers")
+            raise ScheduleError(f"{source}: ratio = {short_repr(ratio_raw)}, expected a list of numbers")
         steps = data.get("steps", len(cache))
         if steps != len(cache):
-            raise ScheduleError(f"{source}: steps = {steps!r} but cache has {len(cache)} entries")
+            raise ScheduleError(f"{source}: steps = {short_repr(steps)} but cache has {len(cache)} entries")
         provenance = data.get("provenance", {})
         if not isinstance(provenance, Mapping):
-            raise ScheduleError(f"{source}: provenance = {provenance!r}, expected an object")
+            raise ScheduleError(f"{source}: provenance = {short_repr(provenance)}, expected an object")
         description = data.get("description", "")
         if not isinstance(description, str):
-            raise ScheduleError(f"{source}: description = {description!r}, expected a string")
+            raise ScheduleError(f"{source}: description = {short_repr(description)}, expected a string")
         return cls(
             name=name, cache=cache, ratio=tuple(ratio_raw), method=data.get("method", "prune"),
             description=description, rule=data.get("rule"), provenance=dict(provenance),
@@ -317,14 +354,14 @@ class Schedule:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ScheduleError(f"cannot read schedule file {str(path)!r}: {exc.strerror}") from None
+            raise ScheduleError(f"cannot read schedule file {short_repr(str(path))}: {exc.strerror}") from None
         return cls.from_json(text, source=path.name)
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Write atomically (temp file + rename) so a crash never leaves half a schedule."""
         path = Path(path)
         if path.exists() and not overwrite:
-            raise ScheduleError(f"a schedule file {path.name!r} already exists; choose another name")
+            raise ScheduleError(f"a schedule file {short_repr(path.name)} already exists; choose another name")
         return atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def with_provenance(self, **info: Any) -> Schedule:
@@ -335,16 +372,54 @@ class Schedule:
 
 
 def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000:
-        raise ScheduleError(f"steps = {steps!r}, expected an integer 1..10000")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ScheduleError(f"steps = {short_repr(steps)}, expected an integer 1..{MAX_STEPS}")
 
 
-def _validate_rule(rule: Mapping[str, Any], label: str) -> None:
-    if not isinstance(rule, Mapping) or rule.get("kind") != "uniform":
-        raise ScheduleError(f"{label}: rule = {rule!r}; the only rule kind is 'uniform'")
-    for key in ("interval", "depth", "ratio"):
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_rule(schedule: Schedule, label: str) -> None:
+    """A rule must be complete, in range, and describe exactly the schedule's cache actions and ratios."""
+    rule = schedule.rule
+    if not isinstance(rule, Mapping):
+        raise ScheduleError(f"{label}: rule = {short_repr(rule)}, expected an object like "
+                            "{'kind': 'uniform', 'interval': 5, 'depth': 0, 'ratio': 0.0}")
+    kind = rule.get("kind")
+    if kind not in RULE_KINDS:
+        raise ScheduleError(f"{label}: rule.kind = {short_repr(kind)}; the only rule kind is 'uniform'")
+    unknown = [k for k in rule if k not in _RULE_KEYS]
+    if unknown:
+        raise ScheduleError(f"{label}: rule has unknown field(s) {short_repr(', '.join(map(str, unknown[:8])))}; "
+                            f"a uniform rule has {', '.join(_RULE_KEYS)}")
+    for key in _RULE_KEYS[1:]:
         if key not in rule:
             raise ScheduleError(f"{label}: rule is missing {key!r}")
+    interval, depth, ratio = rule["interval"], rule["depth"], rule["ratio"]
+    if not _is_int(interval) or not 1 <= interval <= MAX_STEPS:
+        raise ScheduleError(f"{label}: rule.interval = {short_repr(interval)}, expected an integer 1..{MAX_STEPS}")
+    if not _is_int(depth) or not 0 <= depth <= MAX_DEPTH_LIMIT:
+        raise ScheduleError(f"{label}: rule.depth = {short_repr(depth)}, expected an integer 0..{MAX_DEPTH_LIMIT}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio_allowed(schedule.method, ratio):
+        raise ScheduleError(f"{label}: rule.ratio = {short_repr(ratio)}; {schedule.method!r} needs "
+                            f"{ratio_range(schedule.method)}")
+    for i, action in enumerate(schedule.cache):
+        expected = FULL if i % interval == 0 else depth
+        if action != expected:
+            raise ScheduleError(
+                f"{label}: rule (uniform, interval {interval}, depth {depth}) contradicts cache[{i}] = "
+                f"{short_repr(_action_to_json(action))}; the rule gives {_action_to_json(expected)!r} "
+                "(fix the rule or drop it)")
+    for i, r in enumerate(schedule.ratio):
+        if abs(r - float(ratio)) > 1e-9:
+            raise ScheduleError(f"{label}: rule.ratio = {ratio!r} contradicts ratio[{i}] = {short_repr(r)} "
+                                "(fix the rule or drop it)")
+
+
+def user_schedule_dir() -> Path:
+    """``schedules/user/``: where the commands' ``--save``/``--save-best`` write by default."""
+    return builtin_schedule_dir() / "user"
 
 
 def find_schedules(dirs: Iterable[str | os.PathLike[str]] | None = None) -> dict[str, Path]:
@@ -371,5 +446,5 @@ def load_schedule(name_or_path: str | os.PathLike[str] | Schedule,
     if text in known:
         return Schedule.load(known[text])
     raise ScheduleError(
-        f"unknown schedule {text!r}; known: {', '.join(sorted(known)) or 'none'} (or give a .json path)"
+        f"unknown schedule {short_repr(text)}; known: {', '.join(sorted(known)) or 'none'} (or give a .json path)"
     )
