@@ -2,14 +2,16 @@
 
 Each command lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches, so a command's imports (pymoo,
-ImageReward, ...) are paid only when it runs.
+ImageReward, ...) are paid only when it runs. A bad value ends any command with one
+line, ``error: --OPTION VALUE: <what is allowed>``, and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+
+from dato.cli.common import CliError, CliParser, print_error
 
 COMMANDS = {
     "bench": ("dato.cli.bench", "time and count MACs of every method and preset against the baseline"),
@@ -24,7 +26,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m dato", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m dato", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
@@ -34,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(module_name)
             module.add_arguments(command_parser)
     args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except CliError as exc:  # a value that needed the file system or several options to judge
+        print_error(exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -54,9 +54,11 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     assert "baseline" in capsys.readouterr().out
 
 
-def test_bench_cli_rejects_sizes_the_unet_cannot_take():
-    with pytest.raises(SystemExit, match="multiple of 64"):
+def test_bench_cli_rejects_sizes_the_unet_cannot_take(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "--size", "500"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --size 500: expected a multiple of 64 pixels (64, 128, ..., 4096)\n"
 
 
 def test_schedules_cli_lists_and_validates(capsys, tmp_path):

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from dato.cli import quality
 from dato.evaluation.quality import QualityConfig, format_markdown, pareto_front, run_quality
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,11 +40,14 @@ def test_rows_are_deterministic_and_complete(tmp_path):
 
 
 def test_command_writes_the_files(tmp_path, capsys):
+    from dato.cli import quality as quality_cli
+
     parser = argparse.ArgumentParser()
-    quality.add_arguments(parser)
+    quality_cli.add_arguments(parser)
     args = parser.parse_args(["--steps", "3", "--per-class", "1", "--out", str(tmp_path), "--no-plot",
                               "--only", "prune 0.5", "--threads", "1"])
-    assert quality.run(args) == 0
+    assert quality_cli.run(args) == 0
+    assert f"writing into {tmp_path}/" in capsys.readouterr().out
     table = (tmp_path / "quality.md").read_text()
     assert table.count("\n") == 4 and "| prune 0.5 |" in table
     data = json.loads((tmp_path / "quality.json").read_text())
@@ -55,12 +57,17 @@ def test_command_writes_the_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "1"], "--steps must be >= 2"),
-    (["--per-class", "0"], "--per-class >= 1"),
-    (["--only", "no such variant", "--steps", "2"], "unknown variant"),
+    (["--steps", "1"], "--steps 1: expected an integer 2..10000"),
+    (["--per-class", "0"], "--per-class 0: expected an integer >= 1"),
+    (["--only", "no such variant", "--steps", "2"], "--only 'no such variant': unknown variant"),
 ])
-def test_bad_arguments(tmp_path, argv, message):
-    parser = argparse.ArgumentParser()
-    quality.add_arguments(parser)
-    with pytest.raises(SystemExit, match=message):
-        quality.run(parser.parse_args([*argv, "--out", str(tmp_path), "--no-plot"]))
+def test_bad_arguments(tmp_path, capsys, argv, message):
+    from dato.__main__ import main
+
+    try:
+        code = main(["quality", *argv, "--out", str(tmp_path / "out"), "--no-plot"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

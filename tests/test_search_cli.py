@@ -33,20 +33,30 @@ def test_search_command_runs_prints_the_front_and_saves_the_pick(tmp_path, capsy
     assert saved.steps == 4 and saved.provenance["run_id"] == "cli"
 
 
+def run_cli(argv: list[str]) -> int:
+    """``main``'s exit status whether argparse or a later check refused the input."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--population", "1"], "population = 1"),
-        (["--mode", "ratio"], "base_schedule is required"),
-        (["--ratios", "3,x"], "--ratios"),
-        (["--ratios", "3,8"], "ratio_levels"),
-        (["--method", "none"], "method = 'none'"),
-        (["--save-best", "bad/name"], "schedule name"),
-        (["--prompts-file", "/nonexistent/prompts.txt"], "No such file"),
-        (["--checkpoint", "/nonexistent/model.safetensors"], "does not exist"),
+        (["--population", "1"], "--population 1: expected an integer 4..1000"),
+        (["--mode", "ratio"], "--mode ratio: needs --base-schedule"),
+        (["--ratios", "3,x"], "--ratios 3,x: expected comma-separated integers 0..7"),
+        (["--ratios", "3,8"], "--ratios 3,8: expected comma-separated integers 0..7"),
+        (["--method", "none"], "--method none: --mode joint searches token ratios"),
+        (["--save-best", "bad/name"], "--save-best bad/name: use 1-64 letters"),
+        (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file /nonexistent/prompts.txt: no such file"),
+        (["--checkpoint", "/nonexistent/model.safetensors"], "--checkpoint /nonexistent/model.safetensors: no such"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path):
-    code = main(["search", "--results-dir", str(tmp_path), *argv])
+    code = run_cli(["search", "--results-dir", str(tmp_path / "runs"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -9,52 +9,60 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dato.evaluation.bench import BenchConfig, BenchReport, format_table, run_benchmark
+from dato.cli.common import check_output_dir, existing_file, int_range, pixel_size, require, steps_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", help="an SD1.x .safetensors/.ckpt; default: built-in SD1.5-architecture UNet, "
-                                       "random weights")
+    parser.add_argument("--ckpt", type=existing_file, help="an SD1.x .safetensors/.ckpt; default: built-in "
+                                                          "SD1.5-architecture UNet, random weights")
     parser.add_argument("--model", choices=("sd15", "tiny"), default="sd15", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help="image size in pixels (default 512; 128 with --quick)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default 50; 10 with --quick)")
+    parser.add_argument("--size", type=pixel_size, default=None,
+                        help="image size in pixels, a multiple of 64 (default 512; 128 with --quick)")
+    parser.add_argument("--steps", type=steps_int(2), default=None, help="sampling steps (default 50; 10 with "
+                                                                          "--quick)")
     parser.add_argument("--sampler", choices=("euler", "ddim"), default="euler")
-    parser.add_argument("--repeats", type=int, help="timed repeats of each kind of step (median; default 3, 1 with "
-                                                    "--quick)")
+    parser.add_argument("--repeats", type=int_range(1, 1000), default=None,
+                        help="timed repeats of each kind of step (median; default 3, 1 with --quick)")
     parser.add_argument("--attention", choices=("ldm", "sdpa", "both"), default="both")
-    parser.add_argument("--fidelity-size", type=int,
-                        help="pixel size of the real sampling runs that measure rel-L2 to the baseline (default 128)")
+    parser.add_argument("--fidelity-size", type=pixel_size, default=None,
+                        help="pixel size of the real sampling runs that measure rel-L2 to the baseline (default 128; "
+                             "64 with --quick)")
     parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity sampling runs")
     parser.add_argument("--no-confirm", action="store_true", help="skip the end-to-end timing check")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", default="bench-results", help="folder for the JSON report")
+    parser.add_argument("--threads", type=int_range(0, 1024), default=0, help="torch threads (default 0: torch's "
+                                                                             "choice)")
+    parser.add_argument("--out", default="bench-results", help="folder for the JSON report (default bench-results)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, 10 steps, fewer variants, 1 repeat")
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """Defaults depend on ``--quick``; anything given explicitly wins."""
+def config_from_args(args: argparse.Namespace):
+    """Defaults depend on ``--quick``; anything given explicitly wins (every value was checked by its type)."""
+    from dato.evaluation.bench import BenchConfig
+
     quick = args.quick
-    config = BenchConfig(
+
+    def given(value, quick_default, default):
+        return value if value is not None else (quick_default if quick else default)
+
+    return BenchConfig(
         model=args.ckpt or args.model,
-        size=args.size or (128 if quick else 512),
-        steps=args.steps or (10 if quick else 50),
+        size=given(args.size, 128, 512),
+        steps=given(args.steps, 10, 50),
         sampler=args.sampler,
-        repeats=args.repeats or (1 if quick else 3),
+        repeats=given(args.repeats, 1, 3),
         attention=("ldm", "sdpa") if args.attention == "both" else (args.attention,),
-        fidelity_size=args.fidelity_size or (64 if quick else 128),
+        fidelity_size=given(args.fidelity_size, 64, 128),
         fidelity=not args.no_fidelity, confirm=not args.no_confirm, threads=args.threads, out=args.out, quick=quick,
     )
-    if config.size % 64 or config.size < 64:
-        raise SystemExit(f"--size {config.size}: use a multiple of 64 pixels")
-    if config.fidelity_size % 64 or config.fidelity_size < 64:
-        raise SystemExit(f"--fidelity-size {config.fidelity_size}: use a multiple of 64 pixels")
-    if config.steps < 2 or config.repeats < 1:
-        raise SystemExit("--steps must be >= 2 and --repeats >= 1")
-    return config
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir("--out", args.out)
+    if args.ckpt and args.ckpt.endswith(".safetensors"):
+        require("bench", "safetensors", "safetensors", "for a .safetensors checkpoint")
     config = config_from_args(args)
+    from dato.evaluation.bench import BenchReport, format_table, run_benchmark
+
     started = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ default, ``--fixture`` for the trained digits model, ``--checkpoint`` for SD1.x.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +18,20 @@ from dato.cli.common import (
     add_model_arguments,
     add_sampling_arguments,
     backend_from_args,
+    bad,
+    check_model_args,
+    check_output_file,
+    check_save,
+    int_range,
     model_slug,
+    non_negative_float,
+    positive_int,
+    print_error,
     prompts_from_args,
     save_named,
+    speedup_float,
 )
+from dato.core.layout import DEEPEST_KNOWN_DEPTH
 from dato.core.schedule import Schedule, ScheduleError
 
 __all__ = ["add_arguments", "run"]
@@ -33,13 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_sampling_arguments(parser, steps=20)
     cal = parser.add_argument_group("calibration")
-    cal.add_argument("--lookahead", type=int, default=3, help="steps a feature may be reused ahead (default 3)")
-    cal.add_argument("--max-prompts", type=int, default=4, help="use at most this many prompts (default 4)")
-    cal.add_argument("--alpha", type=float, action="append", help="error threshold (repeat for several)")
-    cal.add_argument("--target-speedup", type=float, help="pick the alpha whose schedule is closest to this "
-                                                          "MACs speed-up")
+    cal.add_argument("--lookahead", type=positive_int, default=3,
+                     help="steps a feature may be reused ahead, 1..steps-1 (default 3)")
+    cal.add_argument("--max-prompts", type=positive_int, default=4, help="use at most this many prompts (default 4)")
+    cal.add_argument("--alpha", type=non_negative_float, action="append",
+                     help="error threshold, >= 0 (repeat for several)")
+    cal.add_argument("--target-speedup", type=speedup_float, help="pick the alpha whose schedule is closest to this "
+                                                                  "MACs speed-up (>= 1)")
     cal.add_argument("--no-reuse", action="store_true", help="never reuse the whole previous UNet output")
-    cal.add_argument("--max-depth", type=int, default=None, help="deepest cache branch used (default: all)")
+    cal.add_argument("--max-depth", type=int_range(0, DEEPEST_KNOWN_DEPTH), default=None,
+                     help="deepest cache branch used (default: all)")
     cal.add_argument("--out", default=None, help="calibration JSON (default schedules/calibrations/<model>.json)")
     cal.add_argument("--save", metavar="NAME", help="save the (last) schedule under this name")
     cal.add_argument("--save-dir", help="folder for --save (default schedules/user)")
@@ -52,17 +64,16 @@ def run(args: argparse.Namespace) -> int:
     from dato.core.macs import trace_unet_cost
     from dato.generators.calibrate import alpha_for_speedup, calibrate, schedule_from_calibration
 
+    if not args.lookahead < args.steps:
+        raise bad("--lookahead", args.lookahead, f"expected 1..{args.steps - 1} (steps - 1)")
+    check_output_file("--out", args.out)
+    check_save("--save", args.save, args.save_dir)
+    prompts = prompts_from_args(args)[: args.max_prompts]
+    check_model_args("calibrate", args)
     try:
-        prompts = prompts_from_args(args)[: max(1, args.max_prompts)]
-        if not 1 <= args.lookahead < args.steps:
-            raise ValueError(f"--lookahead {args.lookahead}: expected 1..{args.steps - 1} (steps - 1)")
-        if args.alpha and any(a < 0 for a in args.alpha):
-            raise ScheduleError(f"--alpha {args.alpha}: thresholds must be >= 0")
-        if args.save:
-            Schedule.full(2, name=args.save)
         backend = backend_from_args(args, args.steps)
     except (ScheduleError, OSError, ValueError, RuntimeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     pairs = [(p, args.seed + i) for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
@@ -89,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if not chosen:
             chosen = [(a, schedule_from_calibration(cal, a, **rule)) for a in _default_alphas(cal)]
     except ScheduleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     print(f"\n{'alpha':>10}  {'MACs x':>6}  schedule (F full, R reuse, digit = cached depth)")
     for alpha, schedule in chosen:

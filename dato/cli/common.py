@@ -1,65 +1,370 @@
-"""What the commands share: model and sampling arguments, the backend they ask for, prompts, saving by name.
+"""What the commands share: argument checks, model and sampling arguments, the backend, prompts, saving by name.
 
 ``search``, ``calibrate`` and ``gates`` load a model the same way and save
-their schedule the same way; this module is that one way.
+their schedule the same way; this module is that one way. It also holds the
+one way a bad command line is reported: every value is checked before
+anything heavy starts, and a bad one ends the command with a single line
+``error: --OPTION VALUE: <what is allowed>`` on stderr and exit status 2
+(:class:`CliParser` for what argparse sees, :class:`CliError` for the checks
+that need several options or the file system).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from dato.core.schedule import Schedule, ScheduleError, builtin_schedule_dir
+from dato.core.schedule import MAX_STEPS, Schedule, ScheduleError, short_repr, user_schedule_dir
 
-__all__ = ["add_model_arguments", "add_sampling_arguments", "backend_from_args", "model_slug", "prompts_from_args",
-           "save_named"]
+__all__ = ["BadValue", "CliError", "CliParser", "add_cfg_argument", "add_model_arguments", "add_prompt_arguments",
+           "add_sampling_arguments", "backend_from_args", "bad", "check_model_args", "check_output_dir",
+           "check_output_file", "check_save", "choice_list", "existing_dir", "existing_file", "finite_float",
+           "float_range", "int_range", "latent_size", "model_slug", "non_negative_float", "non_negative_int",
+           "pixel_size", "positive_float", "positive_int", "print_error", "prompts_from_args", "require",
+           "save_named", "seed_int", "show", "speedup_float", "steps_int", "text"]
+
+_MESSAGE_LIMIT = 400
+
+
+class CliError(Exception):
+    """A bad command-line value found after parsing: ``main`` prints ``error: <message>`` and exits 2."""
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A command-line value as the message quotes it: bare when plain, quoted when empty or spaced, cut when long."""
+    text = str(value)
+    if not text or any(c.isspace() for c in text) or not text.isprintable():
+        return short_repr(text, limit)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def bad(option: str, value: object, allowed: str) -> CliError:
+    """``--OPTION VALUE: allowed`` as a :class:`CliError` to raise."""
+    return CliError(f"{option} {show(value)}: {allowed}")
+
+
+class BadValue(argparse.ArgumentTypeError):
+    """Raised by the ``type=`` checks below; :class:`CliParser` puts the option name in front."""
+
+    def __init__(self, value: object, allowed: str) -> None:
+        super().__init__(f"{show(value)}: {allowed}")
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser whose every error is one line, ``error: --OPTION VALUE: ...``, and exit status 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("exit_on_error", False)  # ArgumentErrors reach parse_known_args below with their option
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        try:
+            return super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as err:
+            self.error(_one_line(err))
+
+    def error(self, message: str):  # type: ignore[override]
+        print_error(message)
+        sys.exit(2)
+
+
+def print_error(message: object) -> None:
+    """``error: <message>`` as one line on stderr, cut to a readable length."""
+    line = " ".join(str(message).split())
+    if len(line) > _MESSAGE_LIMIT:
+        line = line[:_MESSAGE_LIMIT] + "..."
+    print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def _one_line(err: argparse.ArgumentError) -> str:
+    name = err.argument_name or ""
+    message = err.message
+    if isinstance(err.__context__, BadValue):  # our own check: "VALUE: allowed"
+        return f"{name} {message}" if name else message
+    choice = re.match(r"invalid choice: (.*) \(choose from (.*)\)$", message, re.S)
+    if choice:
+        value = choice.group(1)
+        value = value if len(value) <= 62 else value[:62] + "..."
+        return f"{name} {value}: choose from {choice.group(2).replace(chr(39), '')}"
+    return f"{name}: {message}" if name else message
+
+
+# ------------------------------------------------------------------ value checks (argparse type= functions)
+def int_range(lo: int | None = None, hi: int | None = None, what: str = "") -> Callable[[str], int]:
+    """``type=`` for an integer in ``lo..hi`` (either end open when ``None``)."""
+    if lo is not None and hi is not None:
+        allowed = f"expected an integer {lo}..{hi}"
+    elif lo is not None:
+        allowed = f"expected an integer >= {lo}"
+    elif hi is not None:
+        allowed = f"expected an integer <= {hi}"
+    else:
+        allowed = "expected an integer"
+    allowed += f" {what}" if what else ""
+
+    def check(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadValue(value, allowed) from None
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            raise BadValue(value, allowed)
+        return number
+
+    check.__name__ = "int"
+    return check
+
+
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                what: str = "") -> Callable[[str], float]:
+    """``type=`` for a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); NaN and inf never pass."""
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    allowed = "expected a finite number" + (f" {' and '.join(parts)}" if parts else "") + (f" {what}" if what else "")
+
+    def check(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadValue(value, allowed) from None
+        if not math.isfinite(number) or (lo is not None and (number <= lo if lo_open else number < lo)) \
+                or (hi is not None and number > hi):
+            raise BadValue(value, allowed)
+        return number
+
+    check.__name__ = "float"
+    return check
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+seed_int = int_range(0, 2**32 - 1)
+finite_float = float_range()
+positive_float = float_range(0.0, lo_open=True)
+non_negative_float = float_range(0.0)
+speedup_float = float_range(1.0, what="(a speed-up; 1 = none)")
+
+
+def steps_int(lo: int = 2) -> Callable[[str], int]:
+    """``type=`` for sampling steps: ``lo`` .. :data:`~dato.core.schedule.MAX_STEPS`, the one step limit."""
+    return int_range(lo, MAX_STEPS)
+
+
+def pixel_size(value: str) -> int:
+    """``type=`` for an image side: a multiple of 64 pixels (the UNet halves the latent three times)."""
+    allowed = "expected a multiple of 64 pixels (64, 128, ..., 4096)"
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadValue(value, allowed) from None
+    if number < 64 or number > 4096 or number % 64:
+        raise BadValue(value, allowed)
+    return number
+
+
+def existing_file(value: str) -> str:
+    """``type=`` for a file that must exist (checkpoints, prompt files)."""
+    path = Path(value)
+    if not path.is_file():
+        raise BadValue(value, "is a folder, expected a file" if path.is_dir() else "no such file")
+    return value
+
+
+def existing_dir(value: str) -> str:
+    """``type=`` for a folder that must exist."""
+    if not Path(value).is_dir():
+        raise BadValue(value, "no such folder")
+    return value
+
+
+def text(value: str) -> str:
+    """``type=`` for a non-blank string (a prompt)."""
+    if not value.strip():
+        raise BadValue(value, "expected a non-empty text")
+    return value
+
+
+def choice_list(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """``type=`` for a comma-separated subset of ``choices``, in the order given."""
+    allowed = f"expected a comma-separated subset of {','.join(choices)}"
+
+    def check(value: str) -> tuple[str, ...]:
+        items = tuple(v.strip() for v in value.split(",") if v.strip())
+        if not items or any(v not in choices for v in items):
+            raise BadValue(value, allowed)
+        return items
+
+    check.__name__ = "list"
+    return check
+
+
+# --------------------------------------------------------------- checks that need the file system or options
+def check_output_dir(option: str, value: str | None) -> None:
+    """An output folder may exist already (it is reused) but must not be a file."""
+    if value is not None and Path(value).exists() and not Path(value).is_dir():
+        raise bad(option, value, "exists and is not a folder")
+
+
+def check_output_file(option: str, value: str | None) -> None:
+    """An output file may not be a folder, and its parent must not be a file."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise bad(option, value, "is a folder, expected a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise bad(option, value, f"{parent} is not a folder")
+            break
+
+
+def check_save(option: str, name: str | None, save_dir: str | None, dir_option: str = "--save-dir") -> None:
+    """A name to save a schedule under: valid, and not taken in the folder :func:`save_named` will write to."""
+    if name is None:
+        return
+    try:
+        Schedule.full(2, name=name)
+    except ScheduleError:
+        raise bad(option, name, "use 1-64 letters, digits, space, '_', '-' or '.' (a schedule name)") from None
+    check_output_dir(dir_option, save_dir)
+    target = (Path(save_dir) if save_dir else user_schedule_dir()) / f"{name}.json"
+    if target.exists():
+        raise bad(option, name, f"{target} already exists; choose another name")
+
+
+def require(command: str, module: str, package: str, purpose: str = "") -> None:
+    """Import an optional dependency now; when it is missing, one line that says what to install."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise CliError(f"python -m dato {command} needs {package}{' ' + purpose if purpose else ''}: "
+                       f"pip install {package}") from None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Which model to load: shared by ``search``, ``calibrate`` and ``gates``."""
     model = parser.add_argument_group("model (default: built-in random SD1.5-shaped UNet, no weights needed)")
     src = model.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH", help="SD1.x .safetensors/.ckpt (UNet, CLIP, VAE from it)")
+    src.add_argument("--checkpoint", metavar="PATH", type=existing_file,
+                     help="SD1.x .safetensors/.ckpt (UNet, CLIP, VAE from it)")
     src.add_argument("--fixture", action="store_true", help="the trained tiny digits model (dato.evaluation.fixture)")
     model.add_argument("--builtin", choices=("sd15", "tiny"), default="sd15",
                        help="built-in model: SD1.5-shaped (default) or tiny SD1-topology (smoke tests)")
-    model.add_argument("--latent-size", type=int, default=16,
-                       help="built-in model: latent side (16 = 128 px; default 16)")
-    model.add_argument("--size", type=int, default=512, help="checkpoint: image side in pixels (default 512)")
+    model.add_argument("--latent-size", type=latent_size, default=16,
+                       help="built-in model: latent side, a multiple of 8 (16 = 128 px; default 16)")
+    model.add_argument("--size", type=pixel_size, default=512,
+                       help="checkpoint: image side in pixels, a multiple of 64 (default 512)")
     model.add_argument("--device", default="cpu", help="checkpoint: torch device (default cpu)")
     model.add_argument("--half", action="store_true", help="checkpoint: float16 weights (GPU)")
     model.add_argument("--tokenizer", default="openai/clip-vit-large-patch14",
                        help="checkpoint: CLIP tokenizer name or local folder")
 
 
+def latent_size(value: str) -> int:
+    """``type=`` for the built-in model's latent side: a multiple of 8 (the UNet halves it three times)."""
+    allowed = "expected a multiple of 8 (8, 16, ..., 512)"
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadValue(value, allowed) from None
+    if number < 8 or number > 512 or number % 8:
+        raise BadValue(value, allowed)
+    return number
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     """Sampler, steps, CFG and prompts: shared by ``calibrate`` and ``gates``."""
     samp = parser.add_argument_group("sampling")
-    samp.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
+    samp.add_argument("--steps", type=steps_int(2), default=steps, help=f"sampling steps (default {steps})")
     samp.add_argument("--sampler", choices=("euler", "euler_a", "heun", "ddim"), default="euler")
-    samp.add_argument("--cfg", type=float, default=None,
-                      help="CFG scale (default 7.5; with --fixture the fixture's own, 2.0)")
-    prompts = samp.add_mutually_exclusive_group()
-    prompts.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    prompts.add_argument("--prompts-file", metavar="FILE", help="one prompt per line")
-    samp.add_argument("--seed", type=int, default=0, help="noise seed of the first prompt (+1 per prompt)")
+    add_cfg_argument(samp)
+    add_prompt_arguments(samp)
+    samp.add_argument("--seed", type=seed_int, default=0, help="noise seed of the first prompt (+1 per prompt)")
+
+
+def add_cfg_argument(group) -> None:
+    group.add_argument("--cfg", type=positive_float, default=None,
+                       help="CFG scale, > 0 (default 7.5; with --fixture the fixture's own, 2.0)")
+
+
+def add_prompt_arguments(group) -> None:
+    prompts = group.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", action="append", type=text, help="a prompt (repeat for several)")
+    prompts.add_argument("--prompts-file", metavar="FILE", type=existing_file, help="one prompt per line")
 
 
 def prompts_from_args(args: argparse.Namespace) -> list[str]:
-    """``--prompts-file``, ``--prompt``s, or the model's default set (digit prompts for ``--fixture``)."""
+    """``--prompts-file``, ``--prompt``s, or the model's default set (digit prompts for ``--fixture``).
+
+    Raises :class:`CliError` for an unreadable or empty prompts file, and with ``--fixture`` for a
+    prompt that does not name exactly one digit.
+    """
     if args.prompts_file:
-        lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
-        return [ln.strip() for ln in lines if ln.strip()]
-    if args.prompt:
-        return list(args.prompt)
-    if args.fixture:
+        try:
+            lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise bad("--prompts-file", args.prompts_file, f"cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise bad("--prompts-file", args.prompts_file, "is not UTF-8 text") from None
+        prompts = [ln.strip() for ln in lines if ln.strip()]
+        if not prompts:
+            raise bad("--prompts-file", args.prompts_file, "has no prompts (one per line expected)")
+        option = "--prompts-file"
+    elif args.prompt:
+        prompts, option = list(args.prompt), "--prompt"
+    elif getattr(args, "fixture", False):
         from dato.evaluation.backends import fixture_prompts
 
         return fixture_prompts()
-    from dato.generators.search.settings import DEFAULT_PROMPTS
+    else:
+        return list(_DEFAULT_PROMPTS)
+    if getattr(args, "fixture", False):
+        for prompt in prompts:
+            if sum(c.isdigit() for c in prompt) != 1:
+                raise bad(option, prompt, "with --fixture each prompt names one digit 0-9, e.g. "
+                                          "'a handwritten digit 3'")
+    return prompts
 
-    return list(DEFAULT_PROMPTS)
+
+# The search's headless default set (dato.generators.search.settings.DEFAULT_PROMPTS, which imports pymoo through
+# its package; tests/test_cli_args.py checks that the two agree).
+_DEFAULT_PROMPTS = (
+    "a photo of a red fox in the snow",
+    "a watercolor painting of a lighthouse at dusk",
+    "a bowl of ramen on a wooden table, studio lighting",
+    "an astronaut riding a horse on the moon",
+    "a cozy living room with a fireplace, interior design",
+    "a portrait of an old fisherman, dramatic light",
+    "a futuristic city skyline at night, neon lights",
+    "a macro photo of a dew-covered spider web",
+)
+
+
+def check_model_args(command: str, args: argparse.Namespace) -> None:
+    """The device and the optional packages the chosen model needs, checked before anything is loaded."""
+    if getattr(args, "checkpoint", None):
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise bad("--device", args.device, "expected a torch device such as cpu, cuda, cuda:1 or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise bad("--device", args.device, "CUDA is not available here; use --device cpu")
+        require(command, "transformers", "transformers", "for --checkpoint (the CLIP text encoder)")
+        if str(args.checkpoint).endswith(".safetensors"):
+            require(command, "safetensors", "safetensors", "for a .safetensors checkpoint")
+    if getattr(args, "fixture", False):
+        require(command, "safetensors", "safetensors", "for --fixture (its weights)")
 
 
 def backend_from_args(args: argparse.Namespace, steps: int):
@@ -87,11 +392,11 @@ def model_slug(backend) -> str:
 
 
 def save_named(schedule: Schedule, name: str, save_dir: str | None = None) -> Path | None:
-    """Save ``schedule`` as ``name`` (default folder ``schedules/user``) for the CLIs' ``--save`` options.
+    """Save ``schedule`` as ``name`` (default folder ``schedules/user``, which ``schedules`` reads) for ``--save``.
 
     Returns the path, or ``None`` after printing the reason (bad name, file exists) to stderr.
     """
-    folder = Path(save_dir) if save_dir else builtin_schedule_dir() / "user"
+    folder = Path(save_dir) if save_dir else user_schedule_dir()
     try:
         named = Schedule.from_dict({**schedule.to_dict(), "name": name})
         return named.save(folder / f"{name}.json")

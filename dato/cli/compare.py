@@ -1,44 +1,67 @@
-"""``python -m dato compare``: the schedule generators side by side at equal MACs on the fixture."""
+"""``python -m dato compare``: the schedule generators side by side at equal MACs on the fixture.
+
+Writes into ``compare-results/`` (untracked) unless ``--out`` says otherwise;
+the checked-in report under ``docs/compare/`` is refreshed only on purpose,
+with ``--out docs/compare``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-import torch
+from dato.cli.common import BadValue, check_output_dir, choice_list, int_range, positive_int, require, steps_int
 
-from dato.generators.compare import GENERATORS, CompareConfig, format_markdown, run_compare, write_reports
+DEFAULT_OUT = "compare-results"
+# dato.generators.compare.GENERATORS, kept here so --help imports nothing heavy (tests/test_cli_args.py checks it)
+GENERATORS = ("uniform", "calibration", "calibration-noreuse", "nsga2", "gates")
+
+
+def targets(value: str) -> tuple[float, ...]:
+    """``type=`` for ``--targets``: comma-separated MACs speed-ups, each a finite number >= 1."""
+    allowed = "expected comma-separated speed-ups >= 1, e.g. 3,5,8"
+    try:
+        numbers = tuple(float(t) for t in value.split(",") if t.strip())
+    except ValueError:
+        raise BadValue(value, allowed) from None
+    if not numbers or any(not (1.0 <= t < float("inf")) for t in numbers):
+        raise BadValue(value, allowed)
+    return numbers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = CompareConfig()
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"sampling steps (default {d.steps})")
-    parser.add_argument("--targets", default=",".join(f"{t:g}" for t in d.targets),
+    parser.add_argument("--steps", type=steps_int(2), default=10, help="sampling steps (default 10)")
+    parser.add_argument("--targets", type=targets, default=(3.0, 5.0, 8.0),
                         help="MACs speed-ups to compare at (default 3,5,8)")
-    parser.add_argument("--per-class", type=int, default=d.per_class, help="held-out samples per digit")
-    parser.add_argument("--generators", default=",".join(GENERATORS), help="subset of " + ",".join(GENERATORS))
-    parser.add_argument("--gate-iterations", type=int, default=d.gate_iterations)
-    parser.add_argument("--population", type=int, default=d.population)
-    parser.add_argument("--generations", type=int, default=d.generations)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared CPU)")
-    parser.add_argument("--out", default=d.out, help="folder for compare.md and compare.json")
+    parser.add_argument("--per-class", type=positive_int, default=4, help="held-out samples per digit (default 4)")
+    parser.add_argument("--generators", type=choice_list(GENERATORS), default=GENERATORS,
+                        help="subset of " + ",".join(GENERATORS))
+    parser.add_argument("--gate-iterations", type=positive_int, default=40, help="(default 40)")
+    parser.add_argument("--population", type=int_range(4, 1000), default=8, help="(default 8)")
+    parser.add_argument("--generations", type=int_range(1, 10_000), default=4, help="(default 4)")
+    parser.add_argument("--threads", type=int_range(0, 1024), default=0,
+                        help="torch threads (default 0: torch's choice; 1 is fastest on a shared CPU)")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"folder for compare.md and compare.json (default {DEFAULT_OUT}; the README's report "
+                             "lives in docs/compare)")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        targets = tuple(float(t) for t in args.targets.split(",") if t.strip())
-        generators = tuple(g.strip() for g in args.generators.split(",") if g.strip())
-    except ValueError:
-        raise SystemExit(f"error: --targets {args.targets!r}: expected numbers like 3,5,8") from None
-    bad = [g for g in generators if g not in GENERATORS]
-    if bad or not generators:
-        raise SystemExit(f"error: --generators: unknown {bad}; choose from {', '.join(GENERATORS)}")
-    if not targets or any(t < 1 for t in targets) or args.steps < 2 or args.per_class < 1:
-        raise SystemExit("error: --targets must be >= 1, --steps >= 2, --per-class >= 1")
+    check_output_dir("--out", args.out)
+    require("compare", "sklearn", "scikit-learn", "for the fixture's digits and classifier")
+    require("compare", "safetensors", "safetensors", "for the fixture's weights")
+    if "nsga2" in args.generators:
+        require("compare", "pymoo", "pymoo", "for the nsga2 generator (or leave it out of --generators)")
+
+    import torch
+
+    from dato.generators.compare import CompareConfig, format_markdown, run_compare, write_reports
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = CompareConfig(steps=args.steps, targets=targets, per_class=args.per_class, generators=generators,
-                           gate_iterations=args.gate_iterations, population=args.population,
-                           generations=args.generations, out=args.out)
+    config = CompareConfig(steps=args.steps, targets=args.targets, per_class=args.per_class,
+                           generators=args.generators, gate_iterations=args.gate_iterations,
+                           population=args.population, generations=args.generations, out=args.out)
+    print(f"writing into {args.out}/ (compare.md, compare.json)", flush=True)
     data = run_compare(config, log=lambda m: print(m, flush=True))
     written = write_reports(data, config.out)
     print()

@@ -10,7 +10,6 @@ SD1.x checkpoint belongs on a GPU (``--checkpoint ... --device cuda``).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -19,11 +18,22 @@ from dato.cli.common import (
     add_model_arguments,
     add_sampling_arguments,
     backend_from_args,
+    bad,
+    check_model_args,
+    check_output_file,
+    check_save,
+    float_range,
+    int_range,
     model_slug,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    print_error,
     prompts_from_args,
     save_named,
+    speedup_float,
 )
-from dato.core.schedule import Schedule, ScheduleError
+from dato.core.schedule import ScheduleError
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,21 +45,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser, steps=10)
     defaults = GateConfig()
     g = parser.add_argument_group("gates")
-    g.add_argument("--target-speedup", type=float, default=defaults.target_speedup,
-                   help=f"MACs speed-up the gates are trained for (default {defaults.target_speedup})")
-    g.add_argument("--also", type=float, action="append", default=[],
+    g.add_argument("--target-speedup", type=speedup_float, default=defaults.target_speedup,
+                   help=f"MACs speed-up the gates are trained for, >= 1 (default {defaults.target_speedup})")
+    g.add_argument("--also", type=speedup_float, action="append", default=[],
                    help="also post-process the learned gates to this speed-up (repeat)")
-    g.add_argument("--iterations", type=int, default=defaults.iterations)
-    g.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    g.add_argument("--pool", type=int, default=defaults.pool, help="(prompt, seed) pairs trained on")
-    g.add_argument("--lr", type=float, default=defaults.lr)
-    g.add_argument("--sparsity-weight", type=float, default=defaults.sparsity_weight)
+    g.add_argument("--iterations", type=positive_int, default=defaults.iterations,
+                   help=f"(default {defaults.iterations})")
+    g.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                   help=f"(default {defaults.batch_size})")
+    g.add_argument("--pool", type=positive_int, default=defaults.pool,
+                   help=f"(prompt, seed) pairs trained on, >= --batch-size (default {defaults.pool})")
+    g.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"(default {defaults.lr})")
+    g.add_argument("--sparsity-weight", type=non_negative_float, default=defaults.sparsity_weight,
+                   help=f"(default {defaults.sparsity_weight})")
     g.add_argument("--warm-start", choices=("uniform", "none"), default=defaults.warm_start)
-    g.add_argument("--relaxed-fraction", type=float, default=defaults.relaxed_fraction,
-                   help="share of iterations with soft (blended) gates before straight-through")
+    g.add_argument("--relaxed-fraction", type=float_range(0.0, 1.0), default=defaults.relaxed_fraction,
+                   help="share of iterations with soft (blended) gates before straight-through, 0..1")
     g.add_argument("--no-checkpointing", action="store_true", help="keep every step's activations (faster, "
                                                                    "more memory)")
-    g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    g.add_argument("--threads", type=int_range(0, 1024), default=0, help="torch threads (default 0: torch's choice)")
     g.add_argument("--out", default=None, help="gates JSON (default schedules/gates/<model>-x<target>.json)")
     g.add_argument("--save", metavar="NAME", help="save the schedule at --target-speedup under this name")
     g.add_argument("--save-dir", help="folder for --save (default schedules/user)")
@@ -69,17 +83,20 @@ def run(args: argparse.Namespace) -> int:
 
     from dato.generators.gates import train_gates
 
+    if args.pool < args.batch_size:
+        raise bad("--pool", args.pool, f"expected at least --batch-size ({args.batch_size})")
+    check_output_file("--out", args.out)
+    check_save("--save", args.save, args.save_dir)
+    prompts = prompts_from_args(args)
+    check_model_args("gates", args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         config = config_from_args(args)
         config.validate(args.steps)
-        if args.save:
-            Schedule.full(2, name=args.save)
-        prompts = prompts_from_args(args)
         backend = backend_from_args(args, args.steps)
     except (ScheduleError, OSError, ValueError, RuntimeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     print(f"training gates: {args.steps} steps, target {config.target_speedup:g}x, {config.iterations} "
           f"iterations of {config.batch_size} from {config.pool} pairs, warm start {config.warm_start}", flush=True)
@@ -105,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         schedules = [(t, result.schedule(t)) for t in [config.target_speedup, *args.also]]
     except ScheduleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     for target, schedule in schedules:
         print(f"{target:7.2f}  {schedule.provenance['macs_speedup']:6.2f}  {schedule.preview()}")

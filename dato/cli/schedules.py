@@ -1,39 +1,73 @@
-"""``python -m dato schedules``: list, show and validate schedule files."""
+"""``python -m dato schedules``: list, show and validate schedule files.
+
+Names are looked up in the shipped presets, then ``schedules/user/`` (where
+``--save``/``--save-best`` write), then each ``--dir``; a later folder wins on
+a name clash.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from dato.core.schedule import Schedule, ScheduleError, find_schedules, load_schedule
+from dato.cli.common import existing_dir, int_range, print_error
+from dato.core.schedule import (
+    MAX_STEPS,
+    Schedule,
+    ScheduleError,
+    builtin_schedule_dir,
+    find_schedules,
+    load_schedule,
+    short_repr,
+    user_schedule_dir,
+)
 
-__all__ = ["add_arguments", "run"]
-
+__all__ = ["add_arguments", "run", "schedule_dirs"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("names", nargs="*", help="preset names or .json paths to show/validate (default: list all)")
-    parser.add_argument("--dir", action="append", default=[], help="extra schedule folder (repeatable)")
-    parser.add_argument("--steps", type=int, help="show the schedule resampled to this many steps")
+    parser.add_argument("names", nargs="*", help="preset or user schedule names, or .json paths, to show/validate "
+                                                 "(default: list all)")
+    parser.add_argument("--dir", action="append", default=[], type=existing_dir,
+                        help="extra schedule folder (repeatable; schedules/user is always read)")
+    parser.add_argument("--steps", type=int_range(1, MAX_STEPS), default=None,
+                        help="show the schedule resampled to this many steps")
+
+
+def schedule_dirs(extra: list[str]) -> list[str]:
+    """The folders after the presets: ``schedules/user`` (what the commands save), then ``--dir``s."""
+    return [str(user_schedule_dir()), *extra]
 
 
 def run(args: argparse.Namespace) -> int:
+    dirs = schedule_dirs(args.dir)
     if not args.names:
-        for name, path in find_schedules(args.dir).items():
+        user = user_schedule_dir().resolve()
+        for name, path in find_schedules(dirs).items():
+            where = "  (user)" if path.resolve().parent == user else ""
+            if path.resolve().parent not in (user, builtin_schedule_dir().resolve()):
+                where = f"  ({path.parent})"
             try:
                 s = Schedule.load(path)
             except ScheduleError as exc:
-                print(f"{name:<28} INVALID: {exc}")
+                print(f"{name:<28} INVALID: {exc}{where}")
                 continue
-            print(f"{name:<28} {s.steps:>3} steps  {s.full_steps:>3} full  {s.method:<10} {s.description}")
+            print(f"{name:<28} {s.steps:>3} steps  {s.full_steps:>3} full  {s.method:<10} {s.description}{where}")
         return 0
+    known = find_schedules(dirs)
+    for name in args.names:  # every name must be found before anything is shown
+        if name not in known and not (name.endswith(".json") and _is_file(name)):
+            hint = "a .json path that does not exist" if name.endswith(".json") else "unknown schedule name"
+            print_error(f"{show_name(name)}: {hint}; known: {', '.join(sorted(known)) or 'none'}")
+            return 2
     status = 0
     for name in args.names:
         try:
-            s = load_schedule(name, args.dir)
-            if args.steps:
+            s = load_schedule(name, dirs)
+            if args.steps is not None:
                 s = s.resample(args.steps)
         except ScheduleError as exc:
-            print(f"{name}: {exc}")
+            print(f"{show_name(name)}: INVALID: {exc}")
             status = 1
             continue
         print(f"{s.name} ({s.steps} steps, method {s.method}, hash {s.content_hash()})")
@@ -41,4 +75,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"  ratio  {' '.join(f'{r:g}' for r in s.ratio)}")
         if s.description:
             print(f"  {s.description}")
+    sys.stdout.flush()
     return status
+
+
+def show_name(name: str) -> str:
+    return name if len(name) <= 60 and name.isprintable() and name.strip() == name and name else short_repr(name)
+
+
+def _is_file(name: str) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(name).is_file()
+    except OSError:  # a name too long for the file system
+        return False
