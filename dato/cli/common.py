@@ -25,7 +25,7 @@ __all__ = ["BadValue", "CliError", "CliParser", "add_cfg_argument", "add_model_a
            "add_sampling_arguments", "backend_from_args", "bad", "check_model_args", "check_output_dir",
            "check_output_file", "check_save", "choice_list", "existing_dir", "existing_file", "finite_float",
            "float_range", "int_range", "latent_size", "model_slug", "non_negative_float", "non_negative_int",
-           "pixel_size", "positive_float", "positive_int", "print_error", "prompts_from_args", "require",
+           "path_kind", "pixel_size", "positive_float", "positive_int", "print_error", "prompts_from_args", "require",
            "save_named", "seed_int", "show", "speedup_float", "steps_int", "text"]
 
 _MESSAGE_LIMIT = 400
@@ -35,7 +35,7 @@ class CliError(Exception):
     """A bad command-line value found after parsing: ``main`` prints ``error: <message>`` and exits 2."""
 
 
-def show(value: object, limit: int = 60) -> str:
+def show(value: object, limit: int = 200) -> str:
     """A command-line value as the message quotes it: bare when plain, quoted when empty or spaced, cut when long."""
     text = str(value)
     if not text or any(c.isspace() for c in text) or not text.isprintable():
@@ -75,7 +75,7 @@ class CliParser(argparse.ArgumentParser):
 
 def print_error(message: object) -> None:
     """``error: <message>`` as one line on stderr, cut to a readable length."""
-    line = " ".join(str(message).split())
+    line = " ".join(str(message).splitlines())
     if len(line) > _MESSAGE_LIMIT:
         line = line[:_MESSAGE_LIMIT] + "..."
     print(f"error: {line}", file=sys.stderr, flush=True)
@@ -170,17 +170,30 @@ def pixel_size(value: str) -> int:
     return number
 
 
+def path_kind(value: str | Path) -> str:
+    """'file', 'dir', 'other' or 'missing' (a name the file system refuses, e.g. too long, counts as missing)."""
+    try:
+        path = Path(value)
+        if path.is_file():
+            return "file"
+        if path.is_dir():
+            return "dir"
+        return "other" if path.exists() else "missing"
+    except (OSError, ValueError):  # ENAMETOOLONG, embedded NUL
+        return "missing"
+
+
 def existing_file(value: str) -> str:
     """``type=`` for a file that must exist (checkpoints, prompt files)."""
-    path = Path(value)
-    if not path.is_file():
-        raise BadValue(value, "is a folder, expected a file" if path.is_dir() else "no such file")
+    kind = path_kind(value)
+    if kind != "file":
+        raise BadValue(value, "is a folder, expected a file" if kind == "dir" else "no such file")
     return value
 
 
 def existing_dir(value: str) -> str:
     """``type=`` for a folder that must exist."""
-    if not Path(value).is_dir():
+    if path_kind(value) != "dir":
         raise BadValue(value, "no such folder")
     return value
 
@@ -209,7 +222,7 @@ def choice_list(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
 # --------------------------------------------------------------- checks that need the file system or options
 def check_output_dir(option: str, value: str | None) -> None:
     """An output folder may exist already (it is reused) but must not be a file."""
-    if value is not None and Path(value).exists() and not Path(value).is_dir():
+    if value is not None and path_kind(value) in ("file", "other"):
         raise bad(option, value, "exists and is not a folder")
 
 
@@ -218,11 +231,12 @@ def check_output_file(option: str, value: str | None) -> None:
     if value is None:
         return
     path = Path(value)
-    if path.is_dir():
+    if path_kind(path) == "dir":
         raise bad(option, value, "is a folder, expected a file path")
     for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
+        kind = path_kind(parent)
+        if kind != "missing":
+            if kind != "dir":
                 raise bad(option, value, f"{parent} is not a folder")
             break
 
@@ -237,7 +251,7 @@ def check_save(option: str, name: str | None, save_dir: str | None, dir_option: 
         raise bad(option, name, "use 1-64 letters, digits, space, '_', '-' or '.' (a schedule name)") from None
     check_output_dir(dir_option, save_dir)
     target = (Path(save_dir) if save_dir else user_schedule_dir()) / f"{name}.json"
-    if target.exists():
+    if path_kind(target) != "missing":
         raise bad(option, name, f"{target} already exists; choose another name")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dato.cli.common import existing_dir, int_range, print_error
+from dato.cli.common import existing_dir, int_range, path_kind, print_error, show
 from dato.core.schedule import (
     MAX_STEPS,
     Schedule,
@@ -18,7 +18,6 @@ from dato.core.schedule import (
     builtin_schedule_dir,
     find_schedules,
     load_schedule,
-    short_repr,
     user_schedule_dir,
 )
 
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.names:  # every name must be found before anything is shown
         if name not in known and not (name.endswith(".json") and _is_file(name)):
             hint = "a .json path that does not exist" if name.endswith(".json") else "unknown schedule name"
-            print_error(f"{show_name(name)}: {hint}; known: {', '.join(sorted(known)) or 'none'}")
+            print_error(f"{show(name)}: {hint}; known: {', '.join(sorted(known)) or 'none'}")
             return 2
     status = 0
     for name in args.names:
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             if args.steps is not None:
                 s = s.resample(args.steps)
         except ScheduleError as exc:
-            print(f"{show_name(name)}: INVALID: {exc}")
+            print(f"{show(name)}: INVALID: {exc}")
             status = 1
             continue
         print(f"{s.name} ({s.steps} steps, method {s.method}, hash {s.content_hash()})")
@@ -79,14 +78,5 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def show_name(name: str) -> str:
-    return name if len(name) <= 60 and name.isprintable() and name.strip() == name and name else short_repr(name)
-
-
 def _is_file(name: str) -> bool:
-    from pathlib import Path
-
-    try:
-        return Path(name).is_file()
-    except OSError:  # a name too long for the file system
-        return False
+    return path_kind(name) == "file"

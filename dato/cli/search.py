@@ -28,6 +28,7 @@ from dato.cli.common import (
     check_save,
     finite_float,
     int_range,
+    path_kind,
     print_error,
     prompts_from_args,
     require,
@@ -121,12 +122,12 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], str | None]:
         raise bad("--mode", "ratio", "needs --base-schedule (the cache actions to keep while ratios are searched)")
     if args.base_schedule and args.mode != "ratio":
         raise bad("--base-schedule", args.base_schedule, "only used with --mode ratio")
-    if args.base_schedule and args.base_schedule.endswith(".json") and not Path(args.base_schedule).is_file():
+    if args.base_schedule and args.base_schedule.endswith(".json") and path_kind(args.base_schedule) != "file":
         raise bad("--base-schedule", args.base_schedule, "no such file")
     if args.base_schedule:
         try:
             load_schedule(args.base_schedule, [user_schedule_dir()])
-        except ScheduleError as exc:
+        except (ScheduleError, OSError) as exc:
             raise bad("--base-schedule", args.base_schedule, str(exc)) from None
         # a user schedule is passed on as its file (the search itself looks in the presets only)
         base = args.base_schedule
