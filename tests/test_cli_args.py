@@ -318,3 +318,41 @@ def test_quality_and_compare_write_to_untracked_folders_by_default():
         assert f"/{folder}/" in ignored
         done = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x.md"], cwd=ROOT)
         assert done.returncode == 0, f"{folder} is not ignored by git"
+
+
+# ------------------------------------------------------------------ schedules/user is where --save writes and looks
+@pytest.fixture()
+def user_dir(tmp_path, monkeypatch) -> Path:
+    """``schedules/user`` moved into tmp_path for every module that names it."""
+    from dato.cli import schedules, search
+
+    user = tmp_path / "user"
+    for module in (common, schedules, search):
+        monkeypatch.setattr(module, "user_schedule_dir", lambda: user)
+    return user
+
+
+def test_schedules_finds_what_save_named_wrote(user_dir, capsys):
+    path = common.save_named(Schedule.uniform(10, 2, name="x"), "my-pick")
+    assert path == user_dir / "my-pick.json"
+    assert run_cli(["schedules", "my-pick"]) == 0
+    assert capsys.readouterr().out.startswith("my-pick (10 steps, method prune")
+    assert run_cli(["schedules"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("my-pick ")]
+    assert len(listed) == 1 and listed[0].endswith("(user)")
+    assert run_cli(["schedules", "--steps", "20", "my-pick"]) == 0
+    assert "F0F0F0F0F0F0F0F0F0F0" in capsys.readouterr().out
+
+
+def test_a_user_schedule_is_a_valid_base_schedule_and_a_taken_name(user_dir, capsys):
+    from dato.cli import search
+
+    common.save_named(Schedule.uniform(8, 2, name="x"), "my-base")
+    parser = common.CliParser()
+    search.add_arguments(parser)
+    _, base = search.check_args(parser.parse_args(["--mode", "ratio", "--base-schedule", "my-base"]))
+    assert base == str(user_dir / "my-base.json")
+    _, base = search.check_args(parser.parse_args(["--mode", "ratio", "--base-schedule", "balanced"]))
+    assert base == "balanced"  # a preset stays a name (the search finds presets itself)
+    assert run_cli(["search", "--save-best", "my-base"]) == 2
+    assert f"--save-best my-base: {user_dir / 'my-base.json'} already exists" in capsys.readouterr().err

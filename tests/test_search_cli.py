@@ -60,3 +60,18 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path):
     assert code == 2 and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_save_best_without_save_dir_is_found_by_the_schedules_command(tmp_path, capsys, monkeypatch, one_thread):
+    from dato.cli import common, schedules
+
+    user = tmp_path / "user"  # stands in for schedules/user, the default of --save-dir
+    monkeypatch.setattr(common, "user_schedule_dir", lambda: user)
+    monkeypatch.setattr(schedules, "user_schedule_dir", lambda: user)
+    code = main(["search", "--builtin", "tiny", "--latent-size", "8", "--steps", "4", "--population", "4",
+                 "--generations", "1", "--no-presets", "--prompt", "a red fox", "--results-dir", str(tmp_path),
+                 "--save-best", "found-later"])
+    assert code == 0 and (user / "found-later.json").is_file()
+    capsys.readouterr()
+    assert main(["schedules", "found-later"]) == 0
+    assert capsys.readouterr().out.startswith("found-later (4 steps")
