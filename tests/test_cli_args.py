@@ -85,6 +85,8 @@ BAD = [
     ("search", ["--sampler", "x"], "--sampler 'x': choose from euler, euler_a, heun, ddim"),
     ("search", ["--fixture", "--checkpoint", "{tmp}/model.ckpt"], "--checkpoint: not allowed with argument --fixture"),
     ("search", ["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ("search", ["--results-dir", ""], "--results-dir '': expected a path"),
+    ("search", ["--save-dir", " "], "--save-dir ' ': expected a path"),
     # bench: a missing checkpoint used to be a traceback, 0 used to become the default
     ("bench", ["--ckpt", "/missing.safetensors"], "--ckpt /missing.safetensors: no such file"),
     ("bench", ["--steps", "0"], "--steps 0: expected an integer 2..10000"),
@@ -142,6 +144,12 @@ BAD = [
     # schedules
     ("schedules", ["--steps", "0", "balanced"], "--steps 0: expected an integer 1..10000"),
     ("schedules", ["--dir", "{tmp}/missing"], "--dir {tmp}/missing: no such folder"),
+    ("schedules", ["--dir", ""], "--dir '': no such folder"),
+    ("calibrate", ["--out", ""], "--out '': expected a path"),
+    ("gates", ["--out", ""], "--out '': expected a path"),
+    ("quality", ["--out", ""], "--out '': expected a path"),
+    ("compare", ["--out", ""], "--out '': expected a path"),
+    ("bench", ["--out", ""], "--out '': expected a path"),
     ("schedules", ["nope"], "nope: unknown schedule name; known: balanced"),
     ("schedules", ["{tmp}/missing.json"], "{tmp}/missing.json: a .json path that does not exist"),
 ]

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dato.cli.common import check_output_dir, existing_file, int_range, pixel_size, require, steps_int
+from dato.cli.common import check_output_dir, existing_file, int_range, path_arg, pixel_size, require, steps_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-confirm", action="store_true", help="skip the end-to-end timing check")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0, help="torch threads (default 0: torch's "
                                                                              "choice)")
-    parser.add_argument("--out", default="bench-results", help="folder for the JSON report (default bench-results)")
+    parser.add_argument("--out", type=path_arg, default="bench-results",
+                        help="folder for the JSON report (default bench-results)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, 10 steps, fewer variants, 1 repeat")
 
 

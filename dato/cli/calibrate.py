@@ -25,6 +25,7 @@ from dato.cli.common import (
     int_range,
     model_slug,
     non_negative_float,
+    path_arg,
     positive_int,
     print_error,
     prompts_from_args,
@@ -52,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal.add_argument("--no-reuse", action="store_true", help="never reuse the whole previous UNet output")
     cal.add_argument("--max-depth", type=int_range(0, DEEPEST_KNOWN_DEPTH), default=None,
                      help="deepest cache branch used (default: all)")
-    cal.add_argument("--out", default=None, help="calibration JSON (default schedules/calibrations/<model>.json)")
+    cal.add_argument("--out", type=path_arg, default=None,
+                     help="calibration JSON (default schedules/calibrations/<model>.json)")
     cal.add_argument("--save", metavar="NAME", help="save the (last) schedule under this name")
-    cal.add_argument("--save-dir", help="folder for --save (default schedules/user)")
+    cal.add_argument("--save-dir", type=path_arg, help="folder for --save (default schedules/user)")
 
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     rule = {"allow_reuse": not args.no_reuse, "max_depth": args.max_depth}
     try:
         chosen = [(a, schedule_from_calibration(cal, a, **rule)) for a in (args.alpha or [])]
-        if args.target_speedup:
+        if args.target_speedup is not None:
             chosen.append(alpha_for_speedup(cal, args.target_speedup, speedup, **rule))
         if not chosen:
             chosen = [(a, schedule_from_calibration(cal, a, **rule)) for a in _default_alphas(cal)]

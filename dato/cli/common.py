@@ -25,8 +25,8 @@ __all__ = ["BadValue", "CliError", "CliParser", "add_cfg_argument", "add_model_a
            "add_sampling_arguments", "backend_from_args", "bad", "check_model_args", "check_output_dir",
            "check_output_file", "check_save", "choice_list", "existing_dir", "existing_file", "finite_float",
            "float_range", "int_range", "latent_size", "model_slug", "non_negative_float", "non_negative_int",
-           "path_kind", "pixel_size", "positive_float", "positive_int", "print_error", "prompts_from_args", "require",
-           "save_named", "seed_int", "show", "speedup_float", "steps_int", "text"]
+           "path_arg", "path_kind", "pixel_size", "positive_float", "positive_int", "print_error", "prompts_from_args",
+           "require", "save_named", "seed_int", "show", "speedup_float", "steps_int", "text"]
 
 _MESSAGE_LIMIT = 400
 
@@ -183,9 +183,16 @@ def path_kind(value: str | Path) -> str:
         return "missing"
 
 
+def path_arg(value: str) -> str:
+    """``type=`` for a path to write to: not empty (an empty one would quietly become the default)."""
+    if not value.strip():
+        raise BadValue(value, "expected a path")
+    return value
+
+
 def existing_file(value: str) -> str:
     """``type=`` for a file that must exist (checkpoints, prompt files)."""
-    kind = path_kind(value)
+    kind = path_kind(value) if value.strip() else "missing"
     if kind != "file":
         raise BadValue(value, "is a folder, expected a file" if kind == "dir" else "no such file")
     return value
@@ -193,7 +200,7 @@ def existing_file(value: str) -> str:
 
 def existing_dir(value: str) -> str:
     """``type=`` for a folder that must exist."""
-    if path_kind(value) != "dir":
+    if not value.strip() or path_kind(value) != "dir":
         raise BadValue(value, "no such folder")
     return value
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from dato.cli.common import BadValue, check_output_dir, choice_list, int_range, positive_int, require, steps_int
+from dato.cli.common import (
+    BadValue,
+    check_output_dir,
+    choice_list,
+    int_range,
+    path_arg,
+    positive_int,
+    require,
+    steps_int,
+)
 
 DEFAULT_OUT = "compare-results"
 # dato.generators.compare.GENERATORS, kept here so --help imports nothing heavy (tests/test_cli_args.py checks it)
@@ -40,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generations", type=int_range(1, 10_000), default=4, help="(default 4)")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="torch threads (default 0: torch's choice; 1 is fastest on a shared CPU)")
-    parser.add_argument("--out", default=DEFAULT_OUT,
+    parser.add_argument("--out", type=path_arg, default=DEFAULT_OUT,
                         help=f"folder for compare.md and compare.json (default {DEFAULT_OUT}; the README's report "
                              "lives in docs/compare)")
 

@@ -26,6 +26,7 @@ from dato.cli.common import (
     int_range,
     model_slug,
     non_negative_float,
+    path_arg,
     positive_float,
     positive_int,
     print_error,
@@ -64,9 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-checkpointing", action="store_true", help="keep every step's activations (faster, "
                                                                    "more memory)")
     g.add_argument("--threads", type=int_range(0, 1024), default=0, help="torch threads (default 0: torch's choice)")
-    g.add_argument("--out", default=None, help="gates JSON (default schedules/gates/<model>-x<target>.json)")
+    g.add_argument("--out", type=path_arg, default=None,
+                   help="gates JSON (default schedules/gates/<model>-x<target>.json)")
     g.add_argument("--save", metavar="NAME", help="save the schedule at --target-speedup under this name")
-    g.add_argument("--save-dir", help="folder for --save (default schedules/user)")
+    g.add_argument("--save-dir", type=path_arg, help="folder for --save (default schedules/user)")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from dato.cli.common import bad, check_output_dir, int_range, positive_int, require, seed_int, steps_int
+from dato.cli.common import bad, check_output_dir, int_range, path_arg, positive_int, require, seed_int, steps_int
 
 DEFAULT_OUT = "quality-results"
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", type=positive_int, default=8, help="samples per digit class (default 8)")
     parser.add_argument("--sampler", choices=("euler", "ddim", "heun"), default="euler")
     parser.add_argument("--seed", type=seed_int, default=0)
-    parser.add_argument("--out", default=DEFAULT_OUT,
+    parser.add_argument("--out", type=path_arg, default=DEFAULT_OUT,
                         help=f"folder for quality.md, quality-timing.md, JSON, plot (default {DEFAULT_OUT}; "
                              "the README's tables live in docs/quality)")
     parser.add_argument("--no-plot", action="store_true")

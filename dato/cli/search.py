@@ -28,6 +28,7 @@ from dato.cli.common import (
     check_save,
     finite_float,
     int_range,
+    path_arg,
     path_kind,
     print_error,
     prompts_from_args,
@@ -84,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     srch.add_argument("--no-reuse", action="store_true", help="never reuse the whole previous UNet output")
     srch.add_argument("--ratios", type=ratio_codes, default=ratio_codes(DEFAULT_RATIOS),
                       help=f"ratio levels as DaTo integers (tenths): default {DEFAULT_RATIOS}")
-    srch.add_argument("--base-schedule", help="mode ratio: the cache actions to keep (preset or user schedule name, "
-                                              "or .json)")
+    srch.add_argument("--base-schedule", type=path_arg,
+                      help="mode ratio: the cache actions to keep (preset or user schedule name, or .json)")
     srch.add_argument("--quality", choices=("fidelity", "imagereward"), default="fidelity")
     srch.add_argument("--fidelity-metric", choices=("auto", "psnr", "ssim", "snr"), default="auto")
     srch.add_argument("--no-fallback", action="store_true", help="stop if ImageReward cannot load (default: "
@@ -102,10 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     srch.add_argument("--no-presets", action="store_true", help="do not seed with the preset schedules")
     srch.add_argument("--run-id", type=run_id, help="name of the run folder; reuse it to resume an interrupted "
                                                     "search")
-    srch.add_argument("--results-dir", help="where run folders go (default schedules/searches)")
+    srch.add_argument("--results-dir", type=path_arg, help="where run folders go (default schedules/searches)")
     srch.add_argument("--save-best", metavar="NAME",
                       help="save the front's cheapest schedule meeting --min-quality (or the knee) as a schedule")
-    srch.add_argument("--save-dir", help="folder for --save-best (default schedules/user)")
+    srch.add_argument("--save-dir", type=path_arg, help="folder for --save-best (default schedules/user)")
 
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], str | None]:
