@@ -158,16 +158,25 @@ def steps_int(lo: int = 2) -> Callable[[str], int]:
     return int_range(lo, MAX_STEPS)
 
 
-def pixel_size(value: str) -> int:
-    """``type=`` for an image side: a multiple of 64 pixels (the UNet halves the latent three times)."""
-    allowed = "expected a multiple of 64 pixels (64, 128, ..., 4096)"
+def _multiple(value: str, step: int, lo: int, hi: int, unit: str) -> int:
+    allowed = f"expected a multiple of {step}{unit} ({lo}, {lo + step}, ..., {hi})"
     try:
         number = int(value)
     except ValueError:
         raise BadValue(value, allowed) from None
-    if number < 64 or number > 4096 or number % 64:
+    if not lo <= number <= hi or number % step:
         raise BadValue(value, allowed)
     return number
+
+
+def pixel_size(value: str) -> int:
+    """``type=`` for an image side: a multiple of 64 pixels (the UNet halves the latent three times)."""
+    return _multiple(value, 64, 64, 4096, " pixels")
+
+
+def latent_size(value: str) -> int:
+    """``type=`` for the built-in model's latent side: a multiple of 8 (the UNet halves it three times)."""
+    return _multiple(value, 8, 8, 512, "")
 
 
 def path_kind(value: str | Path) -> str:
@@ -290,18 +299,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="checkpoint: CLIP tokenizer name or local folder")
 
 
-def latent_size(value: str) -> int:
-    """``type=`` for the built-in model's latent side: a multiple of 8 (the UNet halves it three times)."""
-    allowed = "expected a multiple of 8 (8, 16, ..., 512)"
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadValue(value, allowed) from None
-    if number < 8 or number > 512 or number % 8:
-        raise BadValue(value, allowed)
-    return number
-
-
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     """Sampler, steps, CFG and prompts: shared by ``calibrate`` and ``gates``."""
     samp = parser.add_argument_group("sampling")
@@ -359,14 +356,10 @@ def prompts_from_args(args: argparse.Namespace) -> list[str]:
 # The search's headless default set (dato.generators.search.settings.DEFAULT_PROMPTS, which imports pymoo through
 # its package; tests/test_cli_args.py checks that the two agree).
 _DEFAULT_PROMPTS = (
-    "a photo of a red fox in the snow",
-    "a watercolor painting of a lighthouse at dusk",
-    "a bowl of ramen on a wooden table, studio lighting",
-    "an astronaut riding a horse on the moon",
-    "a cozy living room with a fireplace, interior design",
-    "a portrait of an old fisherman, dramatic light",
-    "a futuristic city skyline at night, neon lights",
-    "a macro photo of a dew-covered spider web",
+    "a photo of a red fox in the snow", "a watercolor painting of a lighthouse at dusk",
+    "a bowl of ramen on a wooden table, studio lighting", "an astronaut riding a horse on the moon",
+    "a cozy living room with a fireplace, interior design", "a portrait of an old fisherman, dramatic light",
+    "a futuristic city skyline at night, neon lights", "a macro photo of a dew-covered spider web",
 )
 
 

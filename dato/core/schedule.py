@@ -12,6 +12,10 @@ search genome, calibration) reads and writes this one structure. It is
 immutable; the ``with_*``/``resample`` methods return new schedules.
 
 In JSON a cache action is ``"full"``, ``"reuse"`` or an integer depth.
+
+Length: the structure and every check of its JSON (per-step fields, the
+regenerating ``rule``, the short quoting of bad values) stay in one module, so
+what a schedule file may contain is read in one place.
 """
 
 from __future__ import annotations
