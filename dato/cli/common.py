@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import math
 import re
 import sys
@@ -76,8 +77,7 @@ class CliParser(argparse.ArgumentParser):
 def print_error(message: object) -> None:
     """``error: <message>`` as one line on stderr, cut to a readable length."""
     line = " ".join(str(message).splitlines())
-    if len(line) > _MESSAGE_LIMIT:
-        line = line[:_MESSAGE_LIMIT] + "..."
+    line = line if len(line) <= _MESSAGE_LIMIT else line[:_MESSAGE_LIMIT] + "..."
     print(f"error: {line}", file=sys.stderr, flush=True)
 
 
@@ -88,8 +88,7 @@ def _one_line(err: argparse.ArgumentError) -> str:
         return f"{name} {message}" if name else message
     choice = re.match(r"invalid choice: (.*) \(choose from (.*)\)$", message, re.S)
     if choice:
-        value = choice.group(1)
-        value = value if len(value) <= 62 else value[:62] + "..."
+        value = choice.group(1) if len(choice.group(1)) <= 62 else choice.group(1)[:62] + "..."
         return f"{name} {value}: choose from {choice.group(2).replace(chr(39), '')}"
     return f"{name}: {message}" if name else message
 
@@ -271,13 +270,15 @@ def check_save(option: str, name: str | None, save_dir: str | None, dir_option: 
         raise bad(option, name, f"{target} already exists; choose another name")
 
 
-def require(command: str, module: str, package: str, purpose: str = "") -> None:
-    """Import an optional dependency now; when it is missing, one line that says what to install."""
+def require(command: str, module: str, package: str, purpose: str = "", find_only: bool = False) -> None:
+    """An optional dependency, imported now (or only found, ``find_only``); missing: one line on what to install."""
     try:
-        importlib.import_module(module)
-    except ImportError:
+        found = importlib.util.find_spec(module) is not None if find_only else bool(importlib.import_module(module))
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         raise CliError(f"python -m dato {command} needs {package}{' ' + purpose if purpose else ''}: "
-                       f"pip install {package}") from None
+                       f"pip install {package}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,9 @@
 
 Names are looked up in the shipped presets, then ``schedules/user/`` (where
 ``--save``/``--save-best`` write), then each ``--dir``; a later folder wins on
-a name clash.
+a name clash. Exit status: 0 when every named schedule is valid, 1 when one
+is invalid (that is the validation's answer, printed on stdout), 2 when a
+name or an option is wrong (one ``error:`` line on stderr, nothing shown).
 """
 
 from __future__ import annotations

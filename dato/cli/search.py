@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     prompts, base = check_args(args)
     require("search", "pymoo", "pymoo")
     if args.quality == "imagereward" and args.no_fallback:
-        require("search", "ImageReward", "image-reward", "for --quality imagereward --no-fallback")
+        # found, not imported: the engine imports only the model module when the package's own imports fail
+        require("search", "ImageReward", "image-reward", "for --quality imagereward --no-fallback", find_only=True)
     from dato.generators.search.engine import ScheduleSearch, SearchCancelled
     from dato.generators.search.imagereward import ScorerUnavailable
     from dato.generators.search.results import schedule_from_result
