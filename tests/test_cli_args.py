@@ -42,6 +42,8 @@ BAD = [
     ("search", ["--steps", "-3"], "--steps -3: expected an integer 2..10000"),
     ("search", ["--steps", "10001"], "--steps 10001: expected an integer 2..10000"),
     ("search", ["--steps", "eight"], "--steps eight: expected an integer"),
+    # the search settings' own limit (dato.generators.search.settings), said as the option
+    ("search", ["--steps", "5000"], "--steps 5000: expected an integer 2..1000"),
     ("search", ["--generations", "0"], "--generations 0: expected an integer 1..10000"),
     ("search", ["--samples", "0"], "--samples 0: expected an integer 1..1024"),
     ("search", ["--repeats", "0"], "--repeats 0: expected an integer 1..20"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dato.cli.common import (
     BadValue,
+    CliError,
     add_cfg_argument,
     add_model_arguments,
     add_prompt_arguments,
@@ -166,6 +167,20 @@ def _settings(args: argparse.Namespace, prompts: list[str], base: str | None):
     )
 
 
+_OPTION_OF = {"time_repeats": "--repeats", "ratio_levels": "--ratios", "base_schedule": "--base-schedule",
+              "imagereward_fallback": "--no-fallback", "seed_presets": "--no-presets", "allow_reuse": "--no-reuse"}
+
+
+def _as_option(message: str) -> str:
+    """``search setting steps = 5000: expected ...`` (the settings' words) as ``--steps 5000: expected ...``."""
+    found = re.match(r"search setting (\w+) = (.*?): (expected .*)$", message, re.S)
+    if not found:
+        return message
+    field, value, allowed = found.groups()
+    option = _OPTION_OF.get(field, "--" + field.replace("_", "-"))
+    return f"{option} {value.strip(chr(39))}: {allowed}"
+
+
 def run(args: argparse.Namespace) -> int:
     prompts, base = check_args(args)
     require("search", "pymoo", "pymoo")
@@ -178,9 +193,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args, prompts, base)
-    except ScheduleError as exc:  # what the settings refuse beyond the checks above
-        print_error(exc)
-        return 2
+    except ScheduleError as exc:  # what the settings refuse beyond the checks above, said as the option
+        raise CliError(_as_option(str(exc))) from None
     t0 = time.perf_counter()
     print(f"loading model ({'checkpoint ' + args.checkpoint if args.checkpoint else 'fixture' if args.fixture else 'built-in ' + args.builtin + ' UNet, latent ' + str(args.latent_size)})...", flush=True)  # noqa: E501
     try:
