@@ -63,6 +63,7 @@ BAD = [
     ("search", ["--prompts-file", "{tmp}/missing.txt"], "--prompts-file {tmp}/missing.txt: no such file"),
     ("search", ["--prompts-file", "{tmp}/empty.txt"], "--prompts-file {tmp}/empty.txt: has no prompts"),
     ("search", ["--prompts-file", "{tmp}"], "--prompts-file {tmp}: is a folder, expected a file"),
+    ("search", ["--prompts-file", "{tmp}/latin1.txt"], "--prompts-file {tmp}/latin1.txt: is not UTF-8 text"),
     ("search", ["--checkpoint", "{tmp}/missing.safetensors"], "--checkpoint {tmp}/missing.safetensors: no such"),
     ("search", ["--checkpoint", "{tmp}/model.ckpt", "--device", "bogus"], "--device bogus: expected a torch device"),
     ("search", ["--fixture", "--prompt", "a cat"], "--prompt 'a cat': with --fixture each prompt names one digit"),
@@ -177,6 +178,7 @@ def no_heavy_work(monkeypatch):
 def inputs(tmp_path: Path) -> Path:
     """The files and folders the bad inputs refer to; nothing else may appear next to them."""
     (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("un café\n".encode("latin-1"))
     (tmp_path / "broken.json").write_text('{"name": "broken", "cache": [', encoding="utf-8")
     bad_rule = Schedule.uniform(6, 3).to_dict()
     bad_rule.update(name="bad-rule", rule={**bad_rule["rule"], "interval": 0})
