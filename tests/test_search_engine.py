@@ -271,3 +271,20 @@ def test_search_on_the_trained_fixture_uses_pixel_psnr(tmp_path):
     by_id = {e["id"]: e for e in results["evaluations"]}
     front = [by_id[i] for i in results["front"]]
     assert min(f["cost"] for f in front) < 0.7 and max(f["quality"] for f in front) == 100.0
+
+
+def test_a_checkpoint_pickled_before_the_restructure_still_loads(tmp_path):
+    """Checkpoints name classes by module path; those written by dato.search.* must resume after the move."""
+    import pickle
+
+    from dato.generators.search.problem import SeedSchedule
+    from dato.generators.search.results import load_pickle
+
+    seed = SeedSchedule(name="balanced", origin="preset", genome=(1, 2, 3))
+    blob = pickle.dumps({"seed": seed}, protocol=0)  # protocol 0 names modules as plain text lines
+    old = blob.replace(b"dato.generators.search.problem", b"dato.search.problem")
+    assert old != blob
+    (tmp_path / "checkpoint.pkl").write_bytes(old)
+    assert load_pickle(tmp_path / "checkpoint.pkl")["seed"] == seed
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(old)  # plain pickle cannot: the module moved

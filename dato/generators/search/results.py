@@ -41,9 +41,24 @@ def atomic_pickle(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+#: module paths before the package was split into rooms -> where those modules live now
+_MOVED_MODULES = {"dato.search.": "dato.generators.search.", "dato.schedule": "dato.core.schedule"}
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads checkpoints written before the restructure: old module paths are mapped to their new homes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        for old, new in _MOVED_MODULES.items():
+            if module == old.rstrip(".") or module.startswith(old):
+                module = new + module[len(old):] if old.endswith(".") else new
+                break
+        return super().find_class(module, name)
+
+
 def load_pickle(path: str | os.PathLike[str]) -> Any:
     with open(path, "rb") as fh:
-        return pickle.load(fh)
+        return _Unpickler(fh).load()
 
 
 def save_reference(path: str | os.PathLike[str], reference: Mapping[str, Any]) -> Path:
