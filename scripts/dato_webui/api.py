@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from dato.core.options import ARG_FIELDS, ArgsError, DatoArgs, pass_summary
-from dato.core.schedule import Schedule, ScheduleError
+from dato.core.schedule import MAX_STEPS, Schedule, ScheduleError, short_repr
 
 from . import settings, store
 from .requests import RequestError, error_response, parse_json, read_json
@@ -93,22 +93,25 @@ def register(app: Any) -> None:
         out, broken = [], []
         for name, entry in store.catalog().items():
             try:
-                out.append(store.describe(entry, Schedule.load(entry.path)))
+                out.append(store.describe(entry, store.read(entry)))
             except ScheduleError as exc:
                 broken.append({"name": name, "source": entry.source, "error": str(exc)})
         return {"schedules": out, "invalid": broken, "user_dir": str(store.user_dir())}
 
     @app.get(PREFIX + "/schedules/{name}", tags=["sd-webui-dato"])
-    def get_schedule(name: str, steps: int | None = None):
+    def get_schedule(name: str, steps: str | None = None):  # str: our message, not FastAPI's echo of the value
+        count = None
+        if steps is not None:
+            count = int(steps) if steps.strip().isdigit() and len(steps) < 8 else None
+            if count is None or not 1 <= count <= MAX_STEPS:
+                return error_response(422, f"steps = {short_repr(steps)}: expected an integer 1..{MAX_STEPS}")
         try:
             entry, schedule = store.get(name)
         except store.StoreError as exc:
             return error_response(exc.status, str(exc))
         result = {**store.describe(entry, schedule), "schedule": schedule.to_dict()}
-        if steps is not None:
-            if not 1 <= steps <= 10000:
-                return error_response(422, f"steps = {steps}: expected 1..10000")
-            result["resampled"] = pass_summary(schedule, steps)
+        if count is not None:
+            result["resampled"] = pass_summary(schedule, count)
         return result
 
     @app.post(PREFIX + "/schedules", tags=["sd-webui-dato"], status_code=201)
@@ -122,10 +125,12 @@ def register(app: Any) -> None:
             return error_response(exc.status, str(exc))
         if isinstance(data, dict) and isinstance(data.get("schedule"), dict):
             data = data["schedule"]  # the GET answer's shape is accepted too
-        try:
+        try:  # every field, the rule included (Schedule.validate: in range and agreeing with the cache list)
             schedule = Schedule.from_dict(data, source="uploaded schedule")
-        except (ScheduleError, TypeError) as exc:
+        except ScheduleError as exc:
             return error_response(422, str(exc))
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. a ratio too large for a float
+            return error_response(422, f"uploaded schedule: {short_repr(str(exc), 200)}")
         try:
             entry = store.save(schedule)
         except store.StoreError as exc:

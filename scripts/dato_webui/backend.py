@@ -34,7 +34,7 @@ from typing import Any
 
 import dato
 from dato.core.macs import trace_unet_cost
-from dato.core.schedule import Schedule
+from dato.core.schedule import Schedule, short_repr
 from dato.generators.search import SearchCancelled
 from dato.generators.search.objectives import Samples
 
@@ -233,7 +233,7 @@ def visible_samplers() -> list[str]:
 def check_sampler(name: str) -> None:
     names = visible_samplers()
     if names and name not in names:
-        raise RequestError(f"sampler_name = {name!r} is not available; known: {', '.join(names)}")
+        raise RequestError(f"sampler_name = {short_repr(name)} is not available; known: {', '.join(names)}")
 
 
 def unet_cost(model: Any) -> Any:

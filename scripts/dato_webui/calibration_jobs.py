@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from dato.core.fileio import atomic_write_bytes
-from dato.core.schedule import Schedule, ScheduleError
+from dato.core.schedule import Schedule, ScheduleError, short_repr
 from dato.generators.calibrate import Calibration, CalibrationRecorder, alpha_range, schedule_from_calibration
 
 from . import backend, store
@@ -138,15 +138,16 @@ def describe_calibration(cal_id: str, calibration: Calibration) -> dict[str, Any
 def get_calibration(cal_id: Any) -> Calibration:
     """A calibration of this session, else from its file (after a restart); 404 when there is none."""
     if not safe_id(cal_id):
-        raise RequestError(f"no calibration named {cal_id!r}", 404)
+        raise RequestError(f"no calibration named {short_repr(cal_id)}", 404)
     if cal_id not in CALIBRATIONS:
         path = store.calibrations_dir() / f"{cal_id}.json"
         if not path.is_file():
-            raise RequestError(f"no calibration named {cal_id!r}", 404)
+            raise RequestError(f"no calibration named {short_repr(cal_id)}", 404)
         try:
             CALIBRATIONS[cal_id] = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RequestError(f"calibration file {path.name!r} is unreadable: {exc}", 500) from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise RequestError(f"calibration file {path.name} is invalid: "
+                               f"{short_repr(f'{type(exc).__name__}: {exc}', 200)}") from None
     return CALIBRATIONS[cal_id]
 
 

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dato.core.schedule import short_repr
+
 from .requests import RequestError
 
 
@@ -30,7 +32,7 @@ class JobRegistry(dict):
         with self._lock:
             running = next((i for i, j in self.items() if j.running), None)
             if running is not None:
-                raise RequestError(f"{self.what} {running!r} is still running; cancel it first", 409)
+                raise RequestError(f"{self.what} {short_repr(running)} is still running; cancel it first", 409)
             job = make()
             self[self.id_of(job)] = job
             job.start()
@@ -44,8 +46,8 @@ class JobRegistry(dict):
         """Ask a running job to stop (404 when there is none of that id, 409 when it has ended)."""
         job = self.find(job_id)
         if job is None:
-            raise RequestError(f"no {self.what} named {job_id!r} in this WebUI session", 404)
+            raise RequestError(f"no {self.what} named {short_repr(job_id)} in this WebUI session", 404)
         if not job.running:
-            raise RequestError(f"{self.what} {job_id!r} is not running (state {self.state_of(job)})", 409)
+            raise RequestError(f"{self.what} {short_repr(job_id)} is not running (state {self.state_of(job)})", 409)
         job.cancel()
         return job
