@@ -28,7 +28,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from dato.core.options import ARG_FIELDS, ArgsError, DatoArgs, pass_summary
+from dato.core.layout import DEFAULT_LAYOUT, UNetLayout, find_unet
+from dato.core.options import ARG_FIELDS, SCHEDULE_UNIFORM, ArgsError, DatoArgs, pass_summary
 from dato.core.schedule import MAX_STEPS, Schedule, ScheduleError, short_repr
 
 from . import settings, store
@@ -57,14 +58,32 @@ def check_args(args: Any) -> DatoArgs:
         raise ArgsError(f"'args' must be a list (positional, or one object with named arguments); got "
                         f"{type(args).__name__}")
     parsed = DatoArgs.from_args(args, settings.defaults())
-    if parsed.enabled:  # the schedules must exist and the ratio suit the method
+    if parsed.enabled:  # the schedules must exist, the ratio suit the method, the depths fit the loaded model
         from dato.core.options import build_schedule
 
-        build_schedule(parsed.first_pass(), store.load)
+        layout = loaded_layout()
+        passes = [("", parsed.first_pass())]
         hires = parsed.hires_pass()
         if hires is not None and parsed.hr_mode == "own":
-            build_schedule(hires, store.load)
+            passes.append(("hr_", hires))
+        for prefix, pass_settings in passes:
+            schedule, _ = build_schedule(pass_settings, store.load)
+            if schedule.max_cache_depth > layout.max_depth:
+                what = (f"{prefix}depth = {pass_settings.depth}" if pass_settings.schedule == SCHEDULE_UNIFORM
+                        else f"{prefix}schedule {short_repr(pass_settings.schedule)} caches at depth "
+                             f"{schedule.max_cache_depth}, which")
+                raise ArgsError(f"{what} is deeper than the loaded model allows (0..{layout.max_depth})")
     return parsed
+
+
+def loaded_layout() -> UNetLayout:
+    """The loaded model's UNet layout; :data:`DEFAULT_LAYOUT` (SD1.x) when none is loaded or it is not ours."""
+    try:
+        from modules import shared
+
+        return UNetLayout.from_unet(find_unet(shared.sd_model))
+    except Exception:  # no model yet, or one the engine does not support (the run then says so)
+        return DEFAULT_LAYOUT
 
 
 def register(app: Any) -> None:

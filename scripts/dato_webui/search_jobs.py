@@ -123,13 +123,20 @@ def status(run_id: str) -> dict[str, Any]:
         raise RequestError(f"no search named {short_repr(run_id)}", 404)
     results = read_results(path)
     try:
-        return {"run_id": run_id, "state": str(results["status"]), "running": False, "source": "results",
+        return {"run_id": run_id, "state": file_state(results["status"]), "running": False, "source": "results",
                 "front": list(results["front_points"]), "evaluations": len(results["evaluations"]),
                 "results_path": str(path), "message": "not running in this WebUI session"
                 + ("; start it again with the same settings and run id to resume"
                    if results["status"] != "done" else "")}
     except BAD_FILE as exc:
         raise _invalid(path, exc) from None
+
+
+def file_state(state: Any) -> str:
+    """The state a results file records; a run whose file says it runs but that no job of this WebUI session
+    runs (the WebUI was restarted, or the process died) is ``interrupted``. Live jobs override this."""
+    state = str(state)
+    return "interrupted" if state in ("running", "starting", "preparing") else state
 
 
 BAD_FILE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
@@ -167,7 +174,7 @@ def list_runs(invalid: list[dict[str, Any]] | None = None) -> list[dict[str, Any
             try:
                 results = load_results(path)
                 run_id = results["run_id"]
-                runs[str(run_id)] = {"run_id": str(run_id), "state": str(results["status"]),
+                runs[str(run_id)] = {"run_id": str(run_id), "state": file_state(results["status"]),
                                      "evaluations": len(results["evaluations"]), "date": results.get("date")}
             except BAD_FILE as exc:
                 if invalid is not None:
