@@ -304,6 +304,41 @@ class Runtime:
 
 
 RUNTIME = Runtime()
+STATE_LOCK = threading.RLock()  # job threads that touch shared.state, and the hand-on below
+_HANDED_ON: list[str] = []
+
+
+def hand_on(pressed: list[str]) -> None:
+    """An Interrupt/Skip hit a background job's image: keep it for the user's generation that waits for the GPU.
+
+    The WebUI's buttons act on ``shared.state``, whatever runs; a user who presses Interrupt while their
+    generation waits behind a search image means their own generation. With no generation waiting (the
+    WebUI's ``progress.pending_tasks`` is empty) the press is dropped.
+    """
+    try:
+        from modules import progress
+
+        waiting = bool(getattr(progress, "pending_tasks", None))
+    except ImportError:  # a host without the progress module: assume a generation waits
+        waiting = True
+    with STATE_LOCK:
+        _HANDED_ON[:] = pressed if waiting else []
+    print(f"[{TAG}] {' and '.join(pressed)} pressed during a background job's image: "
+          + ("handed on to the generation that waits; " if waiting else "no generation waits; ")
+          + "the job makes that image again")
+
+
+def take_handed_on() -> None:
+    """At the start of a user's generation (``process``, after the WebUI's ``state.begin``): apply a handed-on
+    Interrupt/Skip, so the generation it was meant for stops."""
+    with STATE_LOCK:
+        pressed, _HANDED_ON[:] = list(_HANDED_ON), []
+    if pressed:
+        state = _shared().state
+        if "interrupt" in pressed:
+            state.interrupt()
+        if "skip" in pressed:
+            state.skip()
 
 
 def other_accelerator(unet: Any) -> str | None:
