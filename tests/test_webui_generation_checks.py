@@ -91,7 +91,7 @@ def test_a_stored_schedule_that_became_invalid_fails_clearly_at_generation_time(
 
 
 def test_a_disabled_xyz_cell_carries_no_keys_of_the_cell_before(host, model):
-    shared_params: dict = {}  # the X/Y/Z grid hands every cell the same dict
+    shared_params: dict = {"Script": "X/Y/Z plot"}  # the grid hands every cell the same (non-empty) dict
     on = host.generate(alwayson_scripts=ON, steps=4, seed=2, extra_generation_params=shared_params)
     assert "DaTo: True" in on.infotexts[0] and "DaTo schedule" in on.infotexts[0]
     off = host.generate(alwayson_scripts={"dato": {"args": [False]}}, steps=4, seed=2,
