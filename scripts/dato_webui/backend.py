@@ -20,6 +20,10 @@
 * What the routes check before they start (:func:`usable_model`,
   :func:`check_token_merging`, :func:`check_sampler`), the model's name and
   hash, and its MACs table (traced once per UNet, inside ``queue_lock``).
+* :func:`private_state`: a job's image leaves ``shared.state`` (progress bar, Interrupt/Skip) as it found it.
+
+Length: the three generators' one contact with the live model (images, gate turns, the state a job's image
+must not take over) kept together, so the locking rules live in one file.
 """
 
 from __future__ import annotations
