@@ -116,6 +116,7 @@ def _reduced_tokens(height: int, width: int, ds: int, ratio: float, method: str)
 
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+TRACES_PER_UNET_MAX = 8  # (context length, trace size) pairs kept per UNet; the oldest goes first
 
 
 def trace_unet_cost(model: torch.nn.Module, context_len: int = 77, trace_size: int = 16) -> UNetCost:
@@ -125,9 +126,12 @@ def trace_unet_cost(model: torch.nn.Module, context_len: int = 77, trace_size: i
     """
     unet = find_unet(model)
     per_unet = _TRACES.setdefault(unet, {})
-    if (context_len, trace_size) not in per_unet:
-        per_unet[(context_len, trace_size)] = _trace(unet, context_len, trace_size)
-    return per_unet[(context_len, trace_size)]
+    key = (context_len, trace_size)
+    if key not in per_unet:
+        while len(per_unet) >= TRACES_PER_UNET_MAX:
+            del per_unet[next(iter(per_unet))]
+        per_unet[key] = _trace(unet, context_len, trace_size)
+    return per_unet[key]
 
 
 def _trace(unet: torch.nn.Module, context_len: int, trace_size: int) -> UNetCost:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dato.core.layout import SD1_LAYOUT
-from dato.core.schedule import MAX_DEPTH_LIMIT, METHODS, RATIO_LIMIT, Schedule, ScheduleError, ratio_allowed
+from dato.core.schedule import MAX_DEPTH_LIMIT, METHODS, RATIO_LIMIT, Schedule, ScheduleError, ratio_allowed, short_repr
 
 __all__ = [
     "ARG_FIELDS",
@@ -228,25 +228,25 @@ def _coerce(spec: ArgField, value: Any, position: int) -> Any:
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
-        raise ArgsError(f"{where} = {value!r}: expected true or false")
+        raise ArgsError(f"{where} = {short_repr(value)}: expected true or false")
     if kind == "method":
         key = str(value).strip().lower() if isinstance(value, str) else None
         if key not in _METHOD_ALIASES:
-            raise ArgsError(f"{where} = {value!r}: expected one of {', '.join(v for _, v in METHOD_CHOICES)}")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected one of {', '.join(v for _, v in METHOD_CHOICES)}")
         return _METHOD_ALIASES[key]
     if kind == "hr_mode":
         key = str(value).strip().lower() if isinstance(value, str) else None
         if key not in _HR_ALIASES:
-            raise ArgsError(f"{where} = {value!r}: expected one of {', '.join(v for _, v in HR_MODES)}")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected one of {', '.join(v for _, v in HR_MODES)}")
         return _HR_ALIASES[key]
     if kind == "ratio":
         number = _number(value, where)
         if not 0.0 <= number <= RATIO_LIMIT:
-            raise ArgsError(f"{where} = {value!r}: expected a number 0..{RATIO_LIMIT}")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected a number 0..{RATIO_LIMIT}")
         return number
     if kind == "schedule":
         if not isinstance(value, str) or not value.strip():
-            raise ArgsError(f"{where} = {value!r}: expected a schedule name, 'uniform' or 'none'")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected a schedule name, 'uniform' or 'none'")
         text = value.strip()
         lowered = text.lower()
         if lowered in (SCHEDULE_NONE, SCHEDULE_UNIFORM):
@@ -255,14 +255,16 @@ def _coerce(spec: ArgField, value: Any, position: int) -> Any:
     if kind in ("interval", "depth", "downsample"):
         number = _number(value, where)
         if number != int(number):
-            raise ArgsError(f"{where} = {value!r}: expected a whole number")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected a whole number")
         integer = int(number)
         if kind == "interval" and not 1 <= integer <= MAX_INTERVAL:
-            raise ArgsError(f"{where} = {value!r}: expected 1..{MAX_INTERVAL}")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected 1..{MAX_INTERVAL}")
         if kind == "depth" and not 0 <= integer <= MAX_DEPTH_LIMIT:
-            raise ArgsError(f"{where} = {value!r}: expected 0..{MAX_DEPTH_LIMIT} (SD1.x: 0..{SD1_LAYOUT.max_depth})")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected 0..{MAX_DEPTH_LIMIT} "
+                            f"(SD1.x: 0..{SD1_LAYOUT.max_depth})")
         if kind == "downsample" and integer not in DOWNSAMPLE_CHOICES:
-            raise ArgsError(f"{where} = {value!r}: expected one of {', '.join(map(str, DOWNSAMPLE_CHOICES))}")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected one of "
+                            f"{', '.join(map(str, DOWNSAMPLE_CHOICES))}")
         return integer
     raise AssertionError(kind)
 
@@ -272,9 +274,13 @@ def _number(value: Any, where: str) -> float:
         try:
             value = float(value)
         except ValueError:
-            raise ArgsError(f"{where} = {value!r}: expected a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ArgsError(f"{where} = {value!r}: expected a number")
+            raise ArgsError(f"{where} = {short_repr(value)}: expected a number") from None
+    try:  # an integer too large for a float is refused like a non-number
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ArgsError(f"{where} = {short_repr(value)}: expected a number")
     return float(value)
 
 
@@ -296,12 +302,12 @@ def build_schedule(settings: PassSettings, load: Callable[[str], Schedule]) -> t
         return base, source
     method, ratio = settings.method, float(settings.ratio)
     if method not in METHODS:
-        raise ArgsError(f"method = {method!r}, expected one of {', '.join(METHODS)}")
+        raise ArgsError(f"method = {short_repr(method)}, expected one of {', '.join(METHODS)}")
     if method == "none":
         ratio = 0.0
     if not ratio_allowed(method, ratio):
         raise ArgsError(
-            f"ratio = {ratio:g} is too large for {method!r}: prune and merge keep one token per 2x2 patch, "
+            f"ratio = {ratio:g} is too large for {short_repr(method)}: prune and merge keep one token per 2x2 patch, "
             f"so they need ratio < {RATIO_LIMIT}; use 0.7 or the ToDo downsample method"
         )
     rule = dict(base.rule) if base.rule else None
@@ -395,12 +401,13 @@ def normalize_pasted(params: dict[str, Any], lookup_hash: Callable[[str], str | 
             continue
         other = find_by_hash(str(wanted)) if find_by_hash is not None else None
         if other is not None:
-            messages.append(f"schedule {name!r} (hash {wanted}) is installed as {other!r}; using it")
+            messages.append(f"schedule {short_repr(name)} (hash {wanted}) is installed as "
+                            f"{short_repr(other)}; using it")
             params[name_key] = other
         elif have is None:
-            messages.append(f"schedule {name!r} (hash {wanted}) is not installed; "
+            messages.append(f"schedule {short_repr(name)} (hash {wanted}) is not installed; "
                             "this image cannot be reproduced until you add it")
         else:
-            messages.append(f"schedule {name!r} has changed since this image was made "
+            messages.append(f"schedule {short_repr(name)} has changed since this image was made "
                             f"(hash {wanted}, installed {have}); the image will not reproduce exactly")
     return messages

@@ -53,6 +53,10 @@ __all__ = [
 
 _MISSING = object()
 _ATTR = "_dato_patch"
+#: Per-call feature caches kept per pass (one per UNet call of a step: cond/uncond halves, batch shapes) and
+#: resampled schedules kept per patch; bounded so that a patch left on for a long session stays small.
+CALL_CACHES_MAX = 32
+RESAMPLED_MAX = 8
 
 
 class PatchConflictError(RuntimeError):
@@ -255,8 +259,10 @@ class DatoPatch:
 
     # ------------------------------------------------------------- clock
     def schedule_for(self, total: int) -> Schedule:
-        """The schedule resampled to ``total`` steps (memoised per step count)."""
+        """The schedule resampled to ``total`` steps (memoised per step count, the last few only)."""
         if total not in self._resampled:
+            while len(self._resampled) >= RESAMPLED_MAX:
+                del self._resampled[next(iter(self._resampled))]
             self._resampled[total] = self.schedule.resample(total)
         return self._resampled[total]
 
@@ -282,7 +288,11 @@ class DatoPatch:
         schedule = self.schedule_for(max(total, 1))
         action, ratio = (schedule.cache[step], schedule.ratio[step]) if step < schedule.steps else (FULL, 0.0)
         key = (self.clock.ordinal, tuple(x.shape), x.dtype, x.device)
-        entry = self.calls.setdefault(key, CallCache())
+        entry = self.calls.get(key)
+        if entry is None:  # bounded: a dropped entry only makes that call's next step full (see _ready)
+            while len(self.calls) >= CALL_CACHES_MAX:
+                del self.calls[next(iter(self.calls))]
+            entry = self.calls[key] = CallCache()
         if not self._ready(entry, action):
             action = FULL
         if action == FULL:

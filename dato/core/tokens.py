@@ -110,6 +110,8 @@ class DownsamplePlan:
         return self.size[0] * self.size[1]
 
 
+#: Bounded (least recently used out): a WebUI session that runs for days sees many image sizes.
+PATCH_POSITIONS_MAX = 32
 _PATCH_POSITIONS: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 
@@ -119,9 +121,13 @@ def _patch_positions(grid_h: int, grid_w: int, device: torch.device) -> torch.Te
     Depends only on the grid, so it is built once per shape and device.
     """
     key = (grid_h, grid_w, torch.device(device))
-    if key not in _PATCH_POSITIONS:
-        _PATCH_POSITIONS[key] = _build_patch_positions(grid_h, grid_w, device)
-    return _PATCH_POSITIONS[key]
+    found = _PATCH_POSITIONS.pop(key, None)  # re-inserted last: the dict's order is the recency order
+    if found is None:
+        found = _build_patch_positions(grid_h, grid_w, device)
+        while len(_PATCH_POSITIONS) >= PATCH_POSITIONS_MAX:
+            del _PATCH_POSITIONS[next(iter(_PATCH_POSITIONS))]
+    _PATCH_POSITIONS[key] = found
+    return found
 
 
 def _build_patch_positions(grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:

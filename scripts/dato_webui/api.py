@@ -28,8 +28,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from dato.core.options import ARG_FIELDS, ArgsError, DatoArgs, pass_summary
-from dato.core.schedule import Schedule, ScheduleError
+from dato.core.layout import DEFAULT_LAYOUT, UNetLayout, find_unet
+from dato.core.options import ARG_FIELDS, SCHEDULE_UNIFORM, ArgsError, DatoArgs, pass_summary
+from dato.core.schedule import MAX_STEPS, Schedule, ScheduleError, short_repr
 
 from . import settings, store
 from .requests import RequestError, error_response, parse_json, read_json
@@ -57,14 +58,32 @@ def check_args(args: Any) -> DatoArgs:
         raise ArgsError(f"'args' must be a list (positional, or one object with named arguments); got "
                         f"{type(args).__name__}")
     parsed = DatoArgs.from_args(args, settings.defaults())
-    if parsed.enabled:  # the schedules must exist and the ratio suit the method
+    if parsed.enabled:  # the schedules must exist, the ratio suit the method, the depths fit the loaded model
         from dato.core.options import build_schedule
 
-        build_schedule(parsed.first_pass(), store.load)
+        layout = loaded_layout()
+        passes = [("", parsed.first_pass())]
         hires = parsed.hires_pass()
         if hires is not None and parsed.hr_mode == "own":
-            build_schedule(hires, store.load)
+            passes.append(("hr_", hires))
+        for prefix, pass_settings in passes:
+            schedule, _ = build_schedule(pass_settings, store.load)
+            if schedule.max_cache_depth > layout.max_depth:
+                what = (f"{prefix}depth = {pass_settings.depth}" if pass_settings.schedule == SCHEDULE_UNIFORM
+                        else f"{prefix}schedule {short_repr(pass_settings.schedule)} caches at depth "
+                             f"{schedule.max_cache_depth}, which")
+                raise ArgsError(f"{what} is deeper than the loaded model allows (0..{layout.max_depth})")
     return parsed
+
+
+def loaded_layout() -> UNetLayout:
+    """The loaded model's UNet layout; :data:`DEFAULT_LAYOUT` (SD1.x) when none is loaded or it is not ours."""
+    try:
+        from modules import shared
+
+        return UNetLayout.from_unet(find_unet(shared.sd_model))
+    except Exception:  # no model yet, or one the engine does not support (the run then says so)
+        return DEFAULT_LAYOUT
 
 
 def register(app: Any) -> None:
@@ -93,22 +112,25 @@ def register(app: Any) -> None:
         out, broken = [], []
         for name, entry in store.catalog().items():
             try:
-                out.append(store.describe(entry, Schedule.load(entry.path)))
+                out.append(store.describe(entry, store.read(entry)))
             except ScheduleError as exc:
                 broken.append({"name": name, "source": entry.source, "error": str(exc)})
         return {"schedules": out, "invalid": broken, "user_dir": str(store.user_dir())}
 
     @app.get(PREFIX + "/schedules/{name}", tags=["sd-webui-dato"])
-    def get_schedule(name: str, steps: int | None = None):
+    def get_schedule(name: str, steps: str | None = None):  # str: our message, not FastAPI's echo of the value
+        count = None
+        if steps is not None:
+            count = int(steps) if steps.strip().isdigit() and len(steps) < 8 else None
+            if count is None or not 1 <= count <= MAX_STEPS:
+                return error_response(422, f"steps = {short_repr(steps)}: expected an integer 1..{MAX_STEPS}")
         try:
             entry, schedule = store.get(name)
         except store.StoreError as exc:
             return error_response(exc.status, str(exc))
         result = {**store.describe(entry, schedule), "schedule": schedule.to_dict()}
-        if steps is not None:
-            if not 1 <= steps <= 10000:
-                return error_response(422, f"steps = {steps}: expected 1..10000")
-            result["resampled"] = pass_summary(schedule, steps)
+        if count is not None:
+            result["resampled"] = pass_summary(schedule, count)
         return result
 
     @app.post(PREFIX + "/schedules", tags=["sd-webui-dato"], status_code=201)
@@ -122,10 +144,12 @@ def register(app: Any) -> None:
             return error_response(exc.status, str(exc))
         if isinstance(data, dict) and isinstance(data.get("schedule"), dict):
             data = data["schedule"]  # the GET answer's shape is accepted too
-        try:
+        try:  # every field, the rule included (Schedule.validate: in range and agreeing with the cache list)
             schedule = Schedule.from_dict(data, source="uploaded schedule")
-        except (ScheduleError, TypeError) as exc:
+        except ScheduleError as exc:
             return error_response(422, str(exc))
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. a ratio too large for a float
+            return error_response(422, f"uploaded schedule: {short_repr(str(exc), 200)}")
         try:
             entry = store.save(schedule)
         except store.StoreError as exc:

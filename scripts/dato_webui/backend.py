@@ -20,6 +20,10 @@
 * What the routes check before they start (:func:`usable_model`,
   :func:`check_token_merging`, :func:`check_sampler`), the model's name and
   hash, and its MACs table (traced once per UNet, inside ``queue_lock``).
+* :func:`private_state`: a job's image leaves ``shared.state`` (progress bar, Interrupt/Skip) as it found it.
+
+Length: the three generators' one contact with the live model (images, gate turns, the state a job's image
+must not take over) kept together, so the locking rules live in one file.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ from typing import Any
 
 import dato
 from dato.core.macs import trace_unet_cost
-from dato.core.schedule import Schedule
+from dato.core.schedule import Schedule, short_repr
 from dato.generators.search import SearchCancelled
 from dato.generators.search.objectives import Samples
 
 from .requests import RequestError, Sampling
-from .runtime import RUNTIME, denoiser_step
+from .runtime import RUNTIME, STATE_LOCK, denoiser_step, hand_on
 
 STEP_CLOCK = "dato_search_step_clock"
 TURN_GAP = 0.05  # seconds the gate thread waits after an iteration before taking queue_lock again
@@ -47,6 +51,12 @@ TURN_GAP = 0.05  # seconds the gate thread waits after an iteration before takin
 GATE_SAMPLERS = {"Euler": "euler", "Euler a": "euler_a", "Heun": "heun", "DDIM": "ddim"}
 _ACTIVE: dict[str, Any] = {"p": None, "on_step": None}  # the image in flight, and who hears its steps
 _COSTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: ``shared.state`` fields a job's image must leave as it found them: the progress bar, the live preview and the
+#: Interrupt/Skip buttons belong to the user's generations.
+STATE_FIELDS = ("job", "job_no", "job_count", "job_timestamp", "processing_has_refined_job_count", "sampling_step",
+                "sampling_steps", "interrupted", "skipped", "stopping_generation", "time_start", "textinfo",
+                "current_latent", "current_image")
+RETRIES = 3  # times a background image interrupted by a user's Interrupt/Skip is made again
 
 
 # ------------------------------------------------------------------ the step clock
@@ -107,9 +117,16 @@ class WebUIBackend:
 
         arrays, images, seconds = [], [], 0.0
         for prompt, seed in pairs:
-            with call_queue.queue_lock:  # one image at a time: user jobs interleave between them
-                processed, elapsed = self.render(str(prompt), int(seed), "dato_search",
-                                                 SearchCancelled("interrupted from the WebUI"), schedule=schedule)
+            for _attempt in range(RETRIES + 1):
+                with call_queue.queue_lock:  # one image at a time: user jobs interleave between them
+                    # an Interrupt/Skip pressed during our image was meant for the user's queued generation:
+                    # it is handed on to that generation, and our image is made again
+                    result = self.render(str(prompt), int(seed), "dato_search", None, schedule=schedule)
+                if result is not None:
+                    break
+            else:
+                raise SearchCancelled(f"interrupted from the WebUI {RETRIES + 1} times in a row")
+            processed, elapsed = result
             array, image = _to_tensors(processed.images[0])
             arrays.append(array)
             if image is not None:
@@ -119,12 +136,16 @@ class WebUIBackend:
         return Samples([(str(p), int(s)) for p, s in pairs], latents,
                        _stack(images) if len(images) == len(arrays) else None, seconds)
 
-    def render(self, prompt: str, seed: int, job: str, interrupted: Exception, schedule: Schedule | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> tuple[Any, float]:
+    def render(self, prompt: str, seed: int, job: str, interrupted: Exception | None,
+               schedule: Schedule | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> tuple[Any, float] | None:
         """One image, the caller holding ``queue_lock``: ``(processed, seconds)``.
 
         With ``schedule`` the UNet is patched for this image only and the step clock drives the patch; else
-        ``on_step(step, total)`` hears the steps. ``interrupted`` is raised after Interrupt or Skip in the WebUI.
+        ``on_step(step, total)`` hears the steps. ``shared.state`` is left as it was found (see
+        :func:`private_state`). After Interrupt or Skip in the WebUI, ``interrupted`` is raised; with
+        ``interrupted=None`` (a background job) the press is handed on to the user's next generation and the
+        answer is ``None`` (make the image again).
         """
         from modules import processing, shared
 
@@ -138,7 +159,19 @@ class WebUIBackend:
         p.do_not_save_grid = True
         p.scripts = None  # no AlwaysOn script (the accordion included) touches our images
         unet = dato.find_unet(shared.sd_model)
-        shared.state.begin(job=job)
+        with private_state() as pressed:
+            result = self._render(p, unet, seed, schedule, on_step)
+        if pressed:
+            if interrupted is not None:
+                raise interrupted
+            hand_on(pressed)
+            return None
+        return result
+
+    def _render(self, p: Any, unet: Any, seed: int, schedule: Schedule | None,
+                on_step: Callable[[int, int], None] | None) -> tuple[Any, float]:
+        from modules import processing, shared
+
         try:
             patch = None
             if schedule is not None:
@@ -150,7 +183,7 @@ class WebUIBackend:
             processed = processing.process_images(p)
             elapsed = time.perf_counter() - t0
             if shared.state.interrupted or shared.state.skipped:
-                raise interrupted
+                return None, elapsed
             if patch is not None and patch.stats["calls"] == 0:
                 raise RuntimeError("the step clock never reached the patch (on_cfg_denoiser did not run), so the "
                                    "evaluation was not accelerated; is another extension replacing the sampler?")
@@ -161,8 +194,32 @@ class WebUIBackend:
             close = getattr(p, "close", None)
             if callable(close):
                 close()
-            shared.state.end()
         return processed, elapsed
+
+
+@contextlib.contextmanager
+def private_state() -> Iterator[list[str]]:
+    """Run a job's image without taking over ``shared.state``: every field in :data:`STATE_FIELDS` is put back.
+
+    Yields a list that names what was pressed during the image (``"interrupt"``, ``"skip"``); the image's
+    sampler saw it and stopped early. The caller holds ``queue_lock``, so no user generation runs meanwhile.
+    """
+    from modules import shared
+
+    state = shared.state
+    with STATE_LOCK:
+        saved = {name: getattr(state, name, None) for name in STATE_FIELDS}
+        state.interrupted = state.skipped = state.stopping_generation = False
+    pressed: list[str] = []
+    try:
+        yield pressed
+    finally:
+        with STATE_LOCK:
+            pressed += [name for name, flag in (("interrupt", state.interrupted), ("skip", state.skipped)) if flag]
+            for name, value in saved.items():
+                setattr(state, name, value)
+
+
 
 
 def _to_tensors(image: Any):
@@ -233,7 +290,7 @@ def visible_samplers() -> list[str]:
 def check_sampler(name: str) -> None:
     names = visible_samplers()
     if names and name not in names:
-        raise RequestError(f"sampler_name = {name!r} is not available; known: {', '.join(names)}")
+        raise RequestError(f"sampler_name = {short_repr(name)} is not available; known: {', '.join(names)}")
 
 
 def unet_cost(model: Any) -> Any:

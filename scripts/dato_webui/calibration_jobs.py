@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from dato.core.fileio import atomic_write_bytes
-from dato.core.schedule import Schedule, ScheduleError
+from dato.core.schedule import Schedule, ScheduleError, short_repr
 from dato.generators.calibrate import Calibration, CalibrationRecorder, alpha_range, schedule_from_calibration
 
 from . import backend, store
@@ -44,6 +44,15 @@ from .requests import (
 MAX_LOOKAHEAD = 10
 CALIBRATIONS: dict[str, Calibration] = {}  # id -> calibration (this session's, and those read from files)
 LATEST: dict[str, str] = {}  # model key -> id of its newest calibration in this session
+CALIBRATIONS_MAX = 32  # kept in memory, least recently used out; every calibration is also in its file
+
+
+def _remember(cal_id: str, calibration: Calibration) -> Calibration:
+    CALIBRATIONS.pop(cal_id, None)
+    while len(CALIBRATIONS) >= CALIBRATIONS_MAX:
+        del CALIBRATIONS[next(iter(CALIBRATIONS))]
+    CALIBRATIONS[cal_id] = calibration
+    return calibration
 
 
 class CalibrationRun:
@@ -123,7 +132,10 @@ def calibrate_now(body: Any) -> dict[str, Any]:
     calibration = run.result(**info)
     backend.unet_cost(model)  # traced now (under the lock), so the threshold slider never waits for it
     atomic_write_bytes(store.calibrations_dir() / f"{cal_id}.json", calibration.to_json().encode("utf-8"))
-    CALIBRATIONS[cal_id] = calibration
+    _remember(cal_id, calibration)
+    LATEST.pop(backend.model_key(), None)
+    while len(LATEST) >= CALIBRATIONS_MAX:
+        del LATEST[next(iter(LATEST))]
     LATEST[backend.model_key()] = cal_id
     return describe_calibration(cal_id, calibration)
 
@@ -138,16 +150,17 @@ def describe_calibration(cal_id: str, calibration: Calibration) -> dict[str, Any
 def get_calibration(cal_id: Any) -> Calibration:
     """A calibration of this session, else from its file (after a restart); 404 when there is none."""
     if not safe_id(cal_id):
-        raise RequestError(f"no calibration named {cal_id!r}", 404)
+        raise RequestError(f"no calibration named {short_repr(cal_id)}", 404)
     if cal_id not in CALIBRATIONS:
         path = store.calibrations_dir() / f"{cal_id}.json"
         if not path.is_file():
-            raise RequestError(f"no calibration named {cal_id!r}", 404)
+            raise RequestError(f"no calibration named {short_repr(cal_id)}", 404)
         try:
-            CALIBRATIONS[cal_id] = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RequestError(f"calibration file {path.name!r} is unreadable: {exc}", 500) from None
-    return CALIBRATIONS[cal_id]
+            _remember(cal_id, Calibration.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise RequestError(f"calibration file {path.name} is invalid: "
+                               f"{short_repr(f'{type(exc).__name__}: {exc}', 200)}") from None
+    return _remember(cal_id, CALIBRATIONS[cal_id])
 
 
 def list_calibrations(current_model_only: bool = True) -> list[str]:

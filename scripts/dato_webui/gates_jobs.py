@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dato.core.schedule import ScheduleError
+from dato.core.schedule import ScheduleError, short_repr
 from dato.generators.gates import GateConfig, GateJob, GateResult
 
 from . import backend, store
@@ -59,7 +59,7 @@ def parse_gate_request(body: Any) -> tuple[Sampling, GateConfig]:
     body = as_object(body)
     sampling = parse_sampling(body)
     if backend.gate_sampler(sampling.sampler_name) is None:
-        raise RequestError(f"sampler_name = {sampling.sampler_name!r}: gate training samples with dato's own "
+        raise RequestError(f"sampler_name = {short_repr(sampling.sampler_name)}: gate training samples with dato's own "
                            f"sampler; expected one of {', '.join(backend.GATE_SAMPLERS)}")
     fields = [f for f in dataclasses.fields(GateConfig) if f.name != "seed"]
     values: dict[str, Any] = {"seed": sampling.seed}
@@ -128,11 +128,17 @@ def gate_file(gate_id: Any) -> Path | None:
 def _load_gate_result(gate_id: str) -> GateResult:
     path = gate_file(gate_id)
     if path is None:
-        raise RequestError(f"no gate training named {gate_id!r}", 404)
+        raise RequestError(f"no gate training named {short_repr(gate_id)}", 404)
     try:
         return GateResult.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RequestError(f"gate result file {path.name!r} is unreadable: {exc}", 500) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise _invalid(path, exc) from None
+
+
+def _invalid(path: Path, exc: BaseException) -> RequestError:
+    """A gate result file that cannot be read or used: 422 naming the file (never a 500)."""
+    return RequestError(f"gate result file {path.name} is invalid: "
+                        f"{short_repr(f'{type(exc).__name__}: {exc}', 200)}")
 
 
 def gate_status(gate_id: Any) -> dict[str, Any]:
@@ -143,11 +149,14 @@ def gate_status(gate_id: Any) -> dict[str, Any]:
         data.update(id=gate_id, source="job", sampling=job.sampling.to_dict())
     else:
         result = _load_gate_result(gate_id)
-        config = dict(result.info.get("config", {}))
-        data = {"id": gate_id, "state": "done", "running": False, "iteration": len(result.history),
-                "iterations": config.get("iterations", len(result.history)), "eta_seconds": None, "error": None,
-                "latest": dict(result.history[-1]) if result.history else {}, "config": config, "source": "file",
-                "sampling": result.info.get("webui", {})}
+        try:
+            config = dict(result.info.get("config", {}))
+            data = {"id": gate_id, "state": "done", "running": False, "iteration": len(result.history),
+                    "iterations": config.get("iterations", len(result.history)), "eta_seconds": None,
+                    "error": None, "latest": dict(result.history[-1]) if result.history else {}, "config": config,
+                    "source": "file", "sampling": result.info.get("webui", {})}
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise _invalid(store.gates_dir() / f"{gate_id}.json", exc) from None
     path = gate_file(gate_id)
     data["result_path"] = str(path) if path else None
     return json_safe(data)
@@ -176,7 +185,7 @@ def gate_result(gate_id: Any) -> GateResult:
     if job is not None and job.result is not None and job.state == "done":
         return job.result
     if job is not None and gate_file(gate_id) is None:
-        raise RequestError(f"gate training {gate_id!r} has no result ({job.state})", 409)
+        raise RequestError(f"gate training {short_repr(gate_id)} has no result ({job.state})", 409)
     return _load_gate_result(gate_id)
 
 
@@ -197,7 +206,10 @@ def gates_schedule(gate_id: Any, body: Any) -> dict[str, Any]:
     """The trained gates post-processed to a MACs speed-up (default: the training target); ``name`` installs it."""
     result = gate_result(gate_id)
     body = as_object(body)
-    trained = float(dict(result.info.get("config", {})).get("target_speedup", 2.0))
+    try:
+        trained = float(dict(result.info.get("config", {})).get("target_speedup", 2.0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise _invalid(store.gates_dir() / f"{gate_id}.json", exc) from None
     lo, hi = GATE_LIMITS["target_speedup"]
     target = take(body, "target_speedup", float, lo, hi, trained)
     name = take_name(body)
@@ -206,4 +218,6 @@ def gates_schedule(gate_id: Any, body: Any) -> dict[str, Any]:
         schedule = result.schedule(target, name=name)
     except ScheduleError as exc:
         raise RequestError(str(exc)) from None
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:  # logits or costs of a broken file
+        raise _invalid(store.gates_dir() / f"{gate_id}.json", exc) from None
     return schedule_answer(schedule, schedule.provenance.get("macs_speedup"), save=name is not None)

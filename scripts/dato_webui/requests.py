@@ -26,11 +26,12 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from dato.core.schedule import Schedule
+from dato.core.schedule import Schedule, short_repr
 
 from . import store
 
 MAX_PROMPTS = 64
+MAX_BODY = 1 << 20  # bytes: no request body of these routes needs more (a schedule file is a few KB)
 SAMPLING_DEFAULTS: dict[str, Any] = {"negative_prompt": "", "steps": 20, "sampler_name": "Euler", "width": 512,
                                      "height": 512, "cfg_scale": 7.0, "seed": 0}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
@@ -55,12 +56,16 @@ def _expected(kind: type, lo: Any, hi: Any) -> str:
 
 def check_field(name: str, value: Any, kind: type, lo: Any = None, hi: Any = None) -> Any:
     """``value`` as ``kind`` within ``lo..hi``, else a 422 naming ``name`` (JSON booleans are not numbers)."""
-    bad = RequestError(f"{name} = {value!r}: expected {_expected(kind, lo, hi)}")
+    bad = RequestError(f"{name} = {short_repr(value)}: expected {_expected(kind, lo, hi)}")
     if kind is bool or kind is str:
         if not isinstance(value, kind):
             raise bad
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # an integer too large for a float is not a number here
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
         raise bad
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
@@ -136,7 +141,7 @@ def _prompts(body: dict) -> tuple[str, ...]:
     if value is _MISSING:
         raise RequestError("prompts is required: a list of prompt strings")
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise RequestError(f"prompts = {value!r}: expected a list of strings")
+        raise RequestError(f"prompts = {short_repr(value)}: expected a list of strings")
     prompts = tuple(p.strip() for p in value if p.strip())
     if not 1 <= len(prompts) <= MAX_PROMPTS:
         raise RequestError(f"prompts: expected 1..{MAX_PROMPTS} non-empty prompts, got {len(prompts)}")
@@ -159,8 +164,8 @@ def parse_sampling(body: dict) -> Sampling:
     for name in ("width", "height"):
         if getattr(sampling, name) % 8:
             raise RequestError(f"{name} = {getattr(sampling, name)}: expected a multiple of 8")
-    if not sampling.sampler_name:
-        raise RequestError("sampler_name = '': expected a sampler name")
+    if not sampling.sampler_name or len(sampling.sampler_name) > 100:
+        raise RequestError(f"sampler_name = {short_repr(sampling.sampler_name)}: expected a sampler name")
     return sampling
 
 
@@ -199,13 +204,20 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 def parse_json(raw: bytes, default: Any = _MISSING) -> Any:
-    """A request body as JSON (an empty body is ``default`` when one is given); 400 when it is not JSON."""
+    """A request body as JSON (an empty body is ``default`` when one is given).
+
+    413 over :data:`MAX_BODY` bytes, 400 when it is not JSON (or nests too deep to read).
+    """
     if not raw and default is not _MISSING:
         return default
+    if len(raw) > MAX_BODY:
+        raise RequestError(f"request body too large ({len(raw)} bytes; limit {MAX_BODY})", 413)
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+        raise RequestError(f"body is not valid JSON: {short_repr(str(exc), 120)}", 400) from None
+    except RecursionError:
+        raise RequestError("body is not valid JSON: nested too deep", 400) from None
 
 
 async def read_json(request: Any, default: Any = _MISSING) -> Any:

@@ -28,6 +28,7 @@ the patch before the engine sees the call.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -81,8 +82,11 @@ class Runtime:
         self.run: Run | None = None
         self._unet_ref: weakref.ReferenceType | None = None
         self._patch: Any = None
+        self._patch_label = ""
         self._guard_handles: list[Any] = []
         self._stale = False
+        # job threads (search renders, gate turns) call remove() too: one lock over the patch state
+        self.lock = threading.RLock()
 
     # ----------------------------------------------------------------- state
     def job_key(self) -> tuple[float | None, bool]:
@@ -91,6 +95,10 @@ class Runtime:
 
     def remove(self, reason: str = "") -> bool:
         """Take our patch off, wherever it is; ``True`` if there was one."""
+        with self.lock:
+            return self._remove(reason)
+
+    def _remove(self, reason: str) -> bool:
         removed = False
         for handle in self._guard_handles:
             handle.remove()
@@ -99,7 +107,7 @@ class Runtime:
         unet = self._unet_ref() if self._unet_ref is not None else None
         if unet is not None and self._patch is not None and dato.get_patch(unet) is self._patch:
             if self._patch.stats.get("calls") and self.run is not None:
-                self.run.stats.append(dict(self._patch.stats))
+                self.run.stats.append({**self._patch.stats, "label": self._patch_label})
             dato.remove_patch(unet)
             removed = True
             if reason:
@@ -117,6 +125,11 @@ class Runtime:
     # ------------------------------------------------------------- lifecycle
     def begin(self, p: Any, raw_args: tuple, defaults: DatoArgs, overrides: dict | None = None) -> None:
         """``process``: clean up, validate, plan the passes, write the infotext."""
+        # X/Y/Z cells share one extra_generation_params: a cell must never carry an earlier cell's DaTo keys
+        params = getattr(p, "extra_generation_params", None)
+        if isinstance(params, dict):
+            for key in [k for k in params if isinstance(k, str) and k.startswith("DaTo")]:
+                del params[key]
         if self.remove("stale patch from an earlier run"):
             print(f"[{TAG}] an earlier generation ended without cleaning up (error or interrupt); "
                   "its patch was removed before this one")
@@ -197,6 +210,14 @@ class Runtime:
         except dato.UnsupportedModelError as exc:  # e.g. a hires checkpoint of another kind
             tell(p, f"not applied to this pass: {exc}")
             return
+        hires = bool(getattr(p, "is_hr_pass", False))
+        owner = other_accelerator(unet)
+        if owner is not None:  # it runs its own forward, skipping blocks itself: our schedule would never run
+            pass_name = "hires pass" if hires else "first pass"
+            tell(p, f"{owner} owns the UNet for the {pass_name}, so DaTo is not applied to it (two step caches "
+                    f"cannot share one UNet); turn one of them off")
+            p.extra_generation_params["DaTo hires off" if hires else "DaTo off"] = owner
+            return
         seeds = getattr(p, "seeds", None) or [getattr(p, "seed", 0)]
         seed = int(seeds[0]) if seeds and seeds[0] is not None else 0
         try:
@@ -211,6 +232,8 @@ class Runtime:
             tell(p, f"not applied to this pass: {exc}")
             return
         self._patch = patch
+        self._patch_label = ("hires pass" if hires else "first pass") + (
+            f", batch {int(getattr(p, 'iteration', 0)) + 1}" if int(getattr(p, "n_iter", 1) or 1) > 1 else "")
         self._unet_ref = weakref.ref(unet)
         # the guard runs before the engine's pre-hook; the clean-up after the engine's post-hook (hooks cannot be
         # removed while torch iterates them, so a stale patch is made inert first and taken off after the call)
@@ -254,8 +277,8 @@ class Runtime:
         self.run = None
         if run is None or run.p is not p:
             return
-        for index, stats in enumerate(run.stats):
-            print(f"[{TAG}] pass {index + 1}: {stats['calls']} UNet calls, {stats['full']} full, "
+        for stats in run.stats:  # "pass" is the first or the hires pass only; batches are named as batches
+            print(f"[{TAG}] {stats['label']}: {stats['calls']} UNet calls, {stats['full']} full, "
                   f"{stats['cached']} cached, {stats['reuse']} reused")
 
     # ------------------------------------------------------------------ guard
@@ -281,6 +304,54 @@ class Runtime:
 
 
 RUNTIME = Runtime()
+STATE_LOCK = threading.RLock()  # job threads that touch shared.state, and the hand-on below
+_HANDED_ON: list[str] = []
+
+
+def hand_on(pressed: list[str]) -> None:
+    """An Interrupt/Skip hit a background job's image: keep it for the user's generation that waits for the GPU.
+
+    The WebUI's buttons act on ``shared.state``, whatever runs; a user who presses Interrupt while their
+    generation waits behind a search image means their own generation. With no generation waiting (the
+    WebUI's ``progress.pending_tasks`` is empty) the press is dropped.
+    """
+    try:
+        from modules import progress
+
+        waiting = bool(getattr(progress, "pending_tasks", None))
+    except ImportError:  # a host without the progress module: assume a generation waits
+        waiting = True
+    with STATE_LOCK:
+        _HANDED_ON[:] = pressed if waiting else []
+    print(f"[{TAG}] {' and '.join(pressed)} pressed during a background job's image: "
+          + ("handed on to the generation that waits; " if waiting else "no generation waits; ")
+          + "the job makes that image again")
+
+
+def take_handed_on() -> None:
+    """At the start of a user's generation (``process``, after the WebUI's ``state.begin``): apply a handed-on
+    Interrupt/Skip, so the generation it was meant for stops."""
+    with STATE_LOCK:
+        pressed, _HANDED_ON[:] = list(_HANDED_ON), []
+    if pressed:
+        state = _shared().state
+        if "interrupt" in pressed:
+            state.interrupt()
+        if "skip" in pressed:
+            state.skip()
+
+
+def other_accelerator(unet: Any) -> str | None:
+    """Another extension that has replaced the UNet's forward with its own step cache, by name, or ``None``.
+
+    The DeepCache extension (sd-webui-deepcache-standalone) sets an instance ``forward`` and
+    ``_deepcache_hooked = True`` on the UNet in ``process_batch``/``before_hr`` and undoes both in
+    ``postprocess_batch``. (ControlNet also sets an instance ``forward`` but runs every block through it, so a
+    replaced forward alone is not taken as a conflict.)
+    """
+    if getattr(unet, "_deepcache_hooked", False):
+        return "the DeepCache extension"
+    return None
 
 
 def denoiser_step(params: Any) -> tuple[Any, int, int]:

@@ -10,12 +10,11 @@ from ``schedules/searches/<run id>/results.json``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from dato.core.schedule import ScheduleError
+from dato.core.schedule import ScheduleError, short_repr
 from dato.generators.search import SearchJob, SearchSettings, SettingsError, load_results, schedule_from_result
 from dato.generators.search.results import REFERENCE_FILE, load_reference
 
@@ -56,7 +55,7 @@ def parse_request(body: Any) -> tuple[SearchSettings, dict[str, Any]]:
     prompt_set = body.pop("prompt_set", None)
     if prompt_set is not None:
         if prompt_set not in PROMPT_SETS:
-            raise RequestError(f"prompt_set = {prompt_set!r}, expected one of {', '.join(PROMPT_SETS)}")
+            raise RequestError(f"prompt_set = {short_repr(prompt_set)}, expected one of {', '.join(PROMPT_SETS)}")
         if "prompts" in body:
             raise RequestError("give either prompts or prompt_set, not both")
         body["prompts"] = imagenet_prompts(int(body.get("samples", 2)), int(body.get("seed", 0)))
@@ -71,9 +70,9 @@ def parse_request(body: Any) -> tuple[SearchSettings, dict[str, Any]]:
     if width % 8 or height % 8 or not 64 <= width <= 2048 or not 64 <= height <= 2048:
         raise RequestError(f"size {width}x{height}: width and height must be multiples of 8 in 64..2048")
     if not math.isfinite(cfg) or not 1.0 <= cfg <= 30.0:
-        raise RequestError(f"cfg_scale = {cfg!r}: expected 1..30")
+        raise RequestError(f"cfg_scale = {short_repr(cfg)}: expected 1..30")
     if not isinstance(webui["sampler_name"], str) or not webui["sampler_name"]:
-        raise RequestError(f"sampler_name = {webui['sampler_name']!r}: expected a sampler name")
+        raise RequestError(f"sampler_name = {short_repr(webui['sampler_name'])}: expected a sampler name")
     if not isinstance(webui["negative_prompt"], str):
         raise RequestError("negative_prompt must be a string")
     webui.update(width=width, height=height, cfg_scale=cfg)
@@ -121,33 +120,65 @@ def status(run_id: str) -> dict[str, Any]:
         return data
     path = results_path(run_id)
     if not _safe_run_id(run_id) or not path.is_file():
-        raise RequestError(f"no search named {run_id!r}", 404)
-    results = load_results(path)
-    return {"run_id": run_id, "state": results["status"], "running": False, "source": "results",
-            "front": results["front_points"], "evaluations": len(results["evaluations"]),
-            "results_path": str(path), "message": "not running in this WebUI session"
-            + ("; start it again with the same settings and run id to resume" if results["status"] != "done" else "")}
+        raise RequestError(f"no search named {short_repr(run_id)}", 404)
+    results = read_results(path)
+    try:
+        return {"run_id": run_id, "state": file_state(results["status"]), "running": False, "source": "results",
+                "front": list(results["front_points"]), "evaluations": len(results["evaluations"]),
+                "results_path": str(path), "message": "not running in this WebUI session"
+                + ("; start it again with the same settings and run id to resume"
+                   if results["status"] != "done" else "")}
+    except BAD_FILE as exc:
+        raise _invalid(path, exc) from None
+
+
+def file_state(state: Any) -> str:
+    """The state a results file records; a run whose file says it runs but that no job of this WebUI session
+    runs (the WebUI was restarted, or the process died) is ``interrupted``. Live jobs override this."""
+    state = str(state)
+    return "interrupted" if state in ("running", "starting", "preparing") else state
+
+
+BAD_FILE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+
+
+def _invalid(path: Path, exc: BaseException) -> RequestError:
+    """A results file that cannot be read or lacks what a route needs: 422 naming the file (never a 500)."""
+    what = str(exc) if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__} {exc}"
+    return RequestError(f"search results file {path.parent.name}/{path.name} is invalid: {short_repr(what, 200)}")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """:func:`load_results`, a broken file answered as :func:`_invalid`."""
+    try:
+        return load_results(path)
+    except BAD_FILE as exc:
+        raise _invalid(path, exc) from None
 
 
 def results_of(run_id: str) -> dict[str, Any]:
     """The results file of ``run_id`` as written so far (the search rewrites it after every generation)."""
     path = results_path(run_id)
     if not _safe_run_id(run_id) or not path.is_file():
-        raise RequestError(f"no results for a search named {run_id!r}" + (" yet" if run_id in JOBS else ""), 404)
-    return load_results(path)
+        raise RequestError(f"no results for a search named {short_repr(run_id)}"
+                           + (" yet" if run_id in JOBS else ""), 404)
+    return read_results(path)
 
 
-def list_runs() -> list[dict[str, Any]]:
+def list_runs(invalid: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every run of this session and every results file; a broken file is skipped (and named in ``invalid``)."""
     runs: dict[str, dict[str, Any]] = {}
     folder = store.search_dir()
     if folder.is_dir():
         for path in sorted(folder.glob("*/results.json")):
             try:
                 results = load_results(path)
-            except (ValueError, OSError, json.JSONDecodeError):
-                continue
-            runs[results["run_id"]] = {"run_id": results["run_id"], "state": results["status"],
-                                       "evaluations": len(results["evaluations"]), "date": results.get("date")}
+                run_id = results["run_id"]
+                runs[str(run_id)] = {"run_id": str(run_id), "state": file_state(results["status"]),
+                                     "evaluations": len(results["evaluations"]), "date": results.get("date")}
+            except BAD_FILE as exc:
+                if invalid is not None:
+                    invalid.append({"run_id": path.parent.name, "error": str(_invalid(path, exc))})
     for run_id, job in JOBS.items():
         runs[run_id] = {"run_id": run_id, "state": job.progress.state, "evaluations": job.progress.evaluations,
                         "running": job.running}
@@ -171,19 +202,21 @@ def cancel(run_id: str) -> dict[str, Any]:
 def save_point(run_id: str, eval_id: Any, name: Any) -> dict[str, Any]:
     """Save evaluation ``eval_id`` of ``run_id`` as a schedule: it appears in the accordion's dropdown."""
     if not _safe_run_id(run_id):
-        raise RequestError(f"no search named {run_id!r}", 404)
+        raise RequestError(f"no search named {short_repr(run_id)}", 404)
     path = results_path(run_id)
     if not path.is_file():
-        raise RequestError(f"no results for search {run_id!r} yet", 404)
+        raise RequestError(f"no results for search {short_repr(run_id)} yet", 404)
     if isinstance(eval_id, bool) or not isinstance(eval_id, int):
-        raise RequestError(f"id = {eval_id!r}: expected the integer id of an evaluated schedule")
-    results = load_results(path)
+        raise RequestError(f"id = {short_repr(eval_id)}: expected the integer id of an evaluated schedule")
+    results = read_results(path)
     try:
         schedule = schedule_from_result(results, eval_id, name)
     except KeyError as exc:
-        raise RequestError(str(exc.args[0]), 404) from None
-    except (ScheduleError, TypeError) as exc:
+        raise RequestError(short_repr(str(exc.args[0]), 200), 404) from None
+    except ScheduleError as exc:
         raise RequestError(str(exc)) from None
+    except BAD_FILE as exc:
+        raise _invalid(path, exc) from None
     return save_schedule(schedule, store.SEARCH)
 
 

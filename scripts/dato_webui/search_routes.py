@@ -31,6 +31,11 @@ def _save(run_id: str, body: Any) -> dict[str, Any]:
     return search_jobs.save_point(run_id, body["id"], body["name"])
 
 
+def _list() -> dict[str, Any]:
+    invalid: list[dict[str, Any]] = []
+    return {"searches": search_jobs.list_runs(invalid), "invalid": invalid}
+
+
 def register(app: Any) -> None:
     """Mount the search routes on the WebUI's FastAPI ``app``."""
     from fastapi import Request
@@ -41,7 +46,7 @@ def register(app: Any) -> None:
 
     @app.get(PREFIX, tags=[TAG])
     async def list_route():
-        return await serve(None, lambda: {"searches": search_jobs.list_runs()})
+        return await serve(None, _list)
 
     @app.get(PREFIX + "/{run_id}", tags=[TAG])
     async def status_route(run_id: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dato.core.layout import DEFAULT_LAYOUT
-from dato.core.schedule import Schedule, ScheduleError
+from dato.core.schedule import Schedule, ScheduleError, short_repr
 from dato.generators.search import load_results, schedule_from_result
 
 from . import calibration_ui, gates_ui, search_jobs, ui, widgets
@@ -180,7 +180,7 @@ def tab_request(source, prompts, prompt_file, negative, sampler, steps, cfg, wid
         try:
             body["min_quality"] = float(min_quality)
         except ValueError:
-            raise RequestError(f"minimum quality {min_quality!r} is not a number") from None
+            raise RequestError(f"minimum quality {short_repr(min_quality)} is not a number") from None
     if str(run_id or "").strip():
         body["run_id"] = str(run_id).strip()
     return body

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import dato
 from dato.core.options import RESERVED_SCHEDULE_NAMES, SCHEDULE_NONE, SCHEDULE_UNIFORM
-from dato.core.schedule import Schedule, ScheduleError, builtin_schedule_dir
+from dato.core.schedule import Schedule, ScheduleError, builtin_schedule_dir, short_repr
 
 PRESET, SEARCH, USER = "preset", "search", "user"
 _LOCK = threading.Lock()
@@ -98,23 +98,35 @@ def names() -> list[str]:
     ]
 
 
+def read(entry: Entry) -> Schedule:
+    """An installed schedule file; whatever is wrong with it (a field, not UTF-8, too deep, a number too large)
+    is a :class:`ScheduleError` that names the file."""
+    try:
+        return Schedule.load(entry.path)
+    except ScheduleError as exc:
+        problem = str(exc)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        problem = short_repr(f"{type(exc).__name__}: {exc}", 200)
+    raise ScheduleError(f"schedule file {entry.path.name} ({entry.source}) is invalid: {problem}")
+
+
 def load(name: str) -> Schedule:
     """The installed schedule ``name``; :class:`ScheduleError` with the known names otherwise."""
     entry = catalog().get(name)
     if entry is None:
         known = ", ".join(sorted(catalog())) or "none"
-        raise ScheduleError(f"unknown schedule {name!r}; installed: {known}")
-    return Schedule.load(entry.path)
+        raise ScheduleError(f"unknown schedule {short_repr(name)}; installed: {known}")
+    return read(entry)
 
 
 def get(name: str) -> tuple[Entry, Schedule]:
     entry = catalog().get(name)
     if entry is None:
-        raise StoreError(f"no schedule named {name!r}", 404)
+        raise StoreError(f"no schedule named {short_repr(name)}", 404)
     try:
-        return entry, Schedule.load(entry.path)
-    except ScheduleError as exc:
-        raise StoreError(f"schedule file {entry.path.name!r} is invalid: {exc}", 500) from None
+        return entry, read(entry)
+    except ScheduleError as exc:  # a file that became invalid: named, never a 500
+        raise StoreError(str(exc), 422) from None
 
 
 def content_hash(name: str) -> str | None:
@@ -127,7 +139,7 @@ def content_hash(name: str) -> str | None:
 def find_by_hash(wanted: str) -> str | None:
     for name, entry in catalog().items():
         try:
-            if Schedule.load(entry.path).content_hash() == wanted:
+            if read(entry).content_hash() == wanted:
                 return name
         except ScheduleError:
             continue
@@ -136,21 +148,21 @@ def find_by_hash(wanted: str) -> str | None:
 
 def check_new_name(name: str) -> None:
     if not isinstance(name, str):
-        raise StoreError(f"schedule name {name!r}: expected a string", 422)
+        raise StoreError(f"schedule name {short_repr(name)}: expected a string", 422)
     if name.strip().lower() in RESERVED_SCHEDULE_NAMES:
-        raise StoreError(f"schedule name {name!r} is reserved ({SCHEDULE_UNIFORM!r} and {SCHEDULE_NONE!r} "
+        raise StoreError(f"schedule name {short_repr(name)} is reserved ({SCHEDULE_UNIFORM!r} and {SCHEDULE_NONE!r} "
                          "are built-in rules); choose another name", 409)
     existing = catalog().get(name)
     if existing is not None:
         what = "a shipped preset" if existing.source == PRESET else f"a {existing.source} schedule"
-        raise StoreError(f"a schedule named {name!r} already exists ({what}); choose another name", 409)
+        raise StoreError(f"a schedule named {short_repr(name)} already exists ({what}); choose another name", 409)
 
 
 def save(schedule: Schedule, source: str = USER) -> Entry:
     """Write a new schedule atomically; name collisions are refused (409)."""
     folder = {USER: user_dir(), SEARCH: search_dir()}.get(source)
     if folder is None:
-        raise StoreError(f"cannot save to {source!r}; use 'user' or 'search'", 400)
+        raise StoreError(f"cannot save to {short_repr(source)}; use 'user' or 'search'", 400)
     with _LOCK:
         check_new_name(schedule.name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -164,11 +176,11 @@ def save(schedule: Schedule, source: str = USER) -> Entry:
             try:
                 os.link(tmp, target)  # fails if target exists: never replaces a file another writer made
             except FileExistsError:
-                raise StoreError(f"a schedule named {schedule.name!r} already exists; choose another name",
+                raise StoreError(f"a schedule named {short_repr(schedule.name)} already exists; choose another name",
                                  409) from None
             except OSError:  # filesystems without hard links
                 if target.exists():
-                    raise StoreError(f"a schedule named {schedule.name!r} already exists", 409) from None
+                    raise StoreError(f"a schedule named {short_repr(schedule.name)} already exists", 409) from None
                 os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -180,9 +192,9 @@ def delete(name: str) -> Entry:
     with _LOCK:
         entry = catalog().get(name)
         if entry is None:
-            raise StoreError(f"no schedule named {name!r}", 404)
+            raise StoreError(f"no schedule named {short_repr(name)}", 404)
         if not entry.deletable:
-            raise StoreError(f"{name!r} is a shipped preset and cannot be deleted", 403)
+            raise StoreError(f"{short_repr(name)} is a shipped preset and cannot be deleted", 403)
         entry.path.unlink()
     return entry
 

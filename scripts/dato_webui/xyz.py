@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dato.core.options import METHOD_CHOICES
+from dato.core.schedule import short_repr
 
 from . import store
 
@@ -68,7 +69,7 @@ def add_axes() -> bool:
         known = set(store.names())
         for x in xs:
             if x not in known:
-                raise RuntimeError(f"[DaTo] unknown schedule {x!r}; installed: {', '.join(sorted(known))}")
+                raise RuntimeError(f"[DaTo] unknown schedule {short_repr(x)}; installed: {', '.join(sorted(known))}")
 
     axes = [
         xyz.AxisOption("[DaTo] Token method", str, _setter("method", _method),
