@@ -38,6 +38,7 @@ from dato.core import tokens
 from dato.core.layout import find_unet, highest_resolution_transformer, isinstance_str
 from dato.core.patch import apply_patch, remove_patch, set_step
 from dato.core.schedule import FULL, REUSE, Schedule, find_schedules
+from dato.evaluation.progress import Progress, format_duration
 from dato.evaluation.sampling import sample
 
 __all__ = ["BenchConfig", "Variant", "applied", "build_variants", "run_benchmark",
@@ -218,8 +219,12 @@ class _Holder(torch.nn.Module):
 
 
 def time_kinds(timer: KindTimer, kinds: list[StepKind], repeats: int, log: Callable[[str], None],
-               tag: str) -> dict[StepKind, float]:
-    """Median time of each kind; repeats are interleaved (round-robin) so drift hits every kind alike."""
+               tag: str, progress: Progress | None = None,
+               estimates: dict[StepKind, float] | None = None) -> dict[StepKind, float]:
+    """Median time of each kind; repeats are interleaved (round-robin) so drift hits every kind alike.
+
+    With ``progress``, each timed call advances it by its entry in ``estimates`` (planned by the caller).
+    """
     samples: dict[StepKind, list[float]] = {k: [] for k in kinds}
     log(f"[{tag}] warm-up")
     timer.time(StepKind(FULL, "none", 0.0))
@@ -229,7 +234,11 @@ def time_kinds(timer: KindTimer, kinds: list[StepKind], repeats: int, log: Calla
         for kind in kinds:
             samples[kind].append(timer.time(kind))
             done += 1
-            log(f"[{tag}] {done}/{total} {kind.label():<26} {samples[kind][-1]:8.3f} s")
+            line = f"[{tag}] {done}/{total} {kind.label():<26} {samples[kind][-1]:8.3f} s"
+            if progress is None:
+                log(line)
+            else:
+                progress.step((estimates or {}).get(kind, 0.0), line)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
