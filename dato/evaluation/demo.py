@@ -236,9 +236,11 @@ def grid_image(result: DemoResult, scale: int = 3):
     sd = "sd15_time_speedup" in result.rows[0]
     row_h = max(tile, line_h * (4 if sd else 3) + 4) + 6
     title = [f"DaTo demo: {result.config['steps']} steps, unaccelerated and every preset (one row each)"]
-    notes = legend(result)
-    head_h, foot_h = line_h * len(title) + 10, line_h * len(notes) + 10
     width = max(label_w + n * (tile + gap) + 8, 640)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    notes = [part for line in legend(result) for part in _wrap(line, lambda t: measure.textlength(t, font=font),
+                                                                 width - 12)]
+    head_h, foot_h = line_h * len(title) + 10, line_h * len(notes) + 10
     image = Image.new("RGB", (width, head_h + row_h * len(names) + foot_h), "white")
     draw = ImageDraw.Draw(image)
     for i, line in enumerate(title):
@@ -258,12 +260,23 @@ def grid_image(result: DemoResult, scale: int = 3):
             draw.text((6, y + 3 + i * line_h), line, fill="black" if i == 0 else (60, 60, 60), font=font)
         pixels = ((result.images[row["name"]].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         for k in range(n):
-            cell = Image.fromarray(pixels[k, 0].numpy(), mode="L").resize((tile, tile), Image.NEAREST)
+            cell = Image.fromarray(pixels[k, 0].numpy()).resize((tile, tile), Image.Resampling.NEAREST)
             image.paste(cell, (label_w + k * (tile + gap), y + (row_h - tile) // 2))
     y = head_h + row_h * len(names) + 4
     for i, line in enumerate(notes):
         draw.text((6, y + i * line_h), line, fill=(60, 60, 60), font=font)
     return image
+
+
+def _wrap(text: str, length: Callable[[str], float], width: float) -> list[str]:
+    """Greedy word wrap of ``text`` to lines whose ``length`` fits ``width``."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and length(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
 
 
 def write_outputs(result: DemoResult, out: str | Path) -> list[Path]:
