@@ -121,7 +121,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         out, seconds = _sample_fixture(fx, variant, labels, noise, config)
         latents.setdefault(variant.name, out)
         runs[variant.name].append(seconds)
-        progress.step(fx_estimate[variant.name], f"fixture {variant.name} (run {r + 1}/{config.repeats}) {seconds:.2f} s")
+        progress.step(fx_estimate[variant.name],
+                      f"fixture {variant.name} (run {r + 1}/{config.repeats}) {seconds:.2f} s")
     reference = fx.to_images(latents["unaccelerated"])
     base_seconds = min(runs["unaccelerated"])
     for variant in variants:
@@ -204,7 +205,8 @@ def format_markdown(result: DemoResult) -> str:
         line = (f"| {r['name']} | {r['fixture_time_speedup']:.2f} | {r['fixture_macs_speedup']:.2f} | {psnr} | "
                 f"{r['ssim']:.3f} |")
         if sd:
-            line += f" {r['sd15_time_speedup']:.2f} | {r['sd15_macs_speedup']:.2f} | {r['sd15_seconds_per_image']:.2f} |"
+            line += (f" {r['sd15_time_speedup']:.2f} | {r['sd15_macs_speedup']:.2f} | "
+                     f"{r['sd15_seconds_per_image']:.2f} |")
         lines.append(line)
     return "\n".join(lines) + "\n"
 
