@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SD1.5 part: image side in pixels, a multiple of 64 (default 256; 64 with --quick)")
     parser.add_argument("--sd-repeats", type=int_range(1, 100), default=1,
                         help="SD1.5 part: timed calls of each kind, median (default 1)")
+    parser.add_argument("--model", choices=("sd15", "tiny"), default="sd15", help=argparse.SUPPRESS)
     parser.add_argument("--no-sd15", action="store_true", help="skip the SD1.5-architecture timing")
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
@@ -46,7 +47,7 @@ def config_from_args(args: argparse.Namespace):
         return value if value is not None else (QUICK[name] if args.quick else getattr(base, name))
 
     return DemoConfig(steps=given("steps"), samples=given("samples"), repeats=given("repeats"), size=given("size"),
-                      sd_repeats=args.sd_repeats, sd15=not args.no_sd15, threads=args.threads, seed=args.seed,
+                      sd_repeats=args.sd_repeats, sd15=not args.no_sd15, sd_model=args.model, threads=args.threads, seed=args.seed,
                       out=args.out, quick=args.quick)
 
 

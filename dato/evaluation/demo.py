@@ -46,6 +46,7 @@ class DemoConfig:
     size: int = 256  # SD1.5 part: image side in pixels
     sd_repeats: int = 1  # SD1.5 part: timed calls of each kind (median)
     sd15: bool = True  # run the SD1.5 part
+    sd_model: str = "sd15"  # "tiny": the tiny SD1-topology UNet, for tests
     threads: int = 0
     seed: int = 0
     out: str = "demo-results"
@@ -162,14 +163,15 @@ class _SD15:
     """The SD1.5-architecture UNet, its kinds of call for the presets, and their estimated times."""
 
     def __init__(self, config: DemoConfig) -> None:
-        from dato.evaluation.models import build_unet, sd15_unet_config
+        from dato.evaluation.models import build_unet, sd15_unet_config, tiny_unet_config
 
         self.config = config
-        self.unet = build_unet(sd15_unet_config(), seed=config.seed)
+        unet_config = tiny_unet_config() if config.sd_model == "tiny" else sd15_unet_config()
+        self.unet = build_unet(unet_config, seed=config.seed)
         self.latent = config.size // 8
         gen = torch.Generator().manual_seed(config.seed)
-        x = torch.randn(2, 4, self.latent, self.latent, generator=gen)
-        context = torch.randn(2, 77, 768, generator=gen)
+        x = torch.randn(2, unet_config["in_channels"], self.latent, self.latent, generator=gen)
+        context = torch.randn(2, 77, unet_config["context_dim"], generator=gen)
         self.timer = KindTimer(self.unet, x, context, config.seed)
         self.cost = trace_unet_cost(self.unet)
         variants = demo_variants(config.steps)
