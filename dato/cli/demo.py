@@ -47,8 +47,8 @@ def config_from_args(args: argparse.Namespace):
         return value if value is not None else (QUICK[name] if args.quick else getattr(base, name))
 
     return DemoConfig(steps=given("steps"), samples=given("samples"), repeats=given("repeats"), size=given("size"),
-                      sd_repeats=args.sd_repeats, sd15=not args.no_sd15, sd_model=args.model, threads=args.threads, seed=args.seed,
-                      out=args.out, quick=args.quick)
+                      sd_repeats=args.sd_repeats, sd15=not args.no_sd15, sd_model=args.model, threads=args.threads,
+                      seed=args.seed, out=args.out, quick=args.quick)
 
 
 def run(args: argparse.Namespace) -> int:
