@@ -10,6 +10,8 @@ from dato import __main__ as cli
 from dato.core.schedule import FULL
 from dato.evaluation.bench import BenchConfig, build_variants, format_table, run_benchmark, step_kinds
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: one thread is far faster on a busy machine
+
 
 def test_variants_cover_baseline_methods_peer_presets_and_combinations():
     variants = build_variants(50)
