@@ -14,6 +14,7 @@ import sys
 from dato.cli.common import CliError, CliParser, print_error
 
 COMMANDS = {
+    "demo": ("dato.cli.demo", "the product in minutes: presets on the trained fixture (one PNG grid), SD1.5 speed-ups"),
     "bench": ("dato.cli.bench", "time and count MACs of every method and preset against the baseline"),
     "search": ("dato.cli.search", "NSGA-II schedule search on a checkpoint or the built-in model"),
     "quality": ("dato.cli.quality", "quality-vs-speed table on the trained fixture model"),

@@ -10,6 +10,8 @@ from dato import __main__ as cli
 from dato.core.schedule import FULL
 from dato.evaluation.bench import BenchConfig, build_variants, format_table, run_benchmark, step_kinds
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: one thread is far faster on a busy machine
+
 
 def test_variants_cover_baseline_methods_peer_presets_and_combinations():
     variants = build_variants(50)
@@ -38,9 +40,20 @@ def test_quick_benchmark_reports_every_variant_against_the_baseline(quick_report
     assert rows["prune 0.5"]["fidelity_rel_l2"] > 0.0
     assert {r["method"] for r in report.token_overhead} == {"prune", "merge", "downsample"}
     assert report.confirmation["schedule"] == "fast"
-    assert any(line.startswith("[ldm]") for line in lines)  # progress was shown
+    plan = [line for line in lines if line.startswith("[plan]") and "in all" in line]
+    assert len(plan) == 1 and "fidelity" in plan[0] and "end-to-end" in plan[0]  # said up front, before any timing
+    assert lines.index(plan[0]) < next(i for i, line in enumerate(lines) if "[ldm]" in line)
+    progress = [line for line in lines if "ETA" in line]
+    assert any("[ldm]" in line for line in progress) and any("[fidelity" in line for line in progress)
+    assert progress[-1].startswith("[" + "#" * 20 + "] 100 %")  # the last task ends the plan
     table = format_table(report)
     assert "baseline" in table and "end-to-end check" in table
+
+
+def test_bench_table_has_a_legend(quick_report):
+    legend = format_table(quick_report[0]).split("\n\n")[0]
+    assert "MACs x" in legend and "composed from timed calls" in legend and "random weights" in legend
+    assert "says nothing of image quality" in legend
 
 
 def test_bench_cli_writes_json(tmp_path, capsys):

@@ -26,6 +26,7 @@ TINY = ["--builtin", "tiny", "--latent-size", "8", "--steps", "4"]
 # where each command would write; every case runs with these (a case's own value comes later and wins)
 OUTPUTS = {
     "search": ["--results-dir", "{tmp}/out", "--save-dir", "{tmp}/save"],
+    "demo": ["--out", "{tmp}/out"],
     "bench": ["--out", "{tmp}/out"],
     "quality": ["--out", "{tmp}/out", "--no-plot"],
     "compare": ["--out", "{tmp}/out"],
@@ -90,6 +91,14 @@ BAD = [
     ("search", ["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ("search", ["--results-dir", ""], "--results-dir '': expected a path"),
     ("search", ["--save-dir", " "], "--save-dir ' ': expected a path"),
+    # demo: every range, checked before the fixture or the SD1.5 UNet is built
+    ("demo", ["--steps", "1"], "--steps 1: expected an integer 2..10000"),
+    ("demo", ["--samples", "0"], "--samples 0: expected an integer 1..100"),
+    ("demo", ["--repeats", "0"], "--repeats 0: expected an integer 1..100"),
+    ("demo", ["--size", "100"], "--size 100: expected a multiple of 64 pixels"),
+    ("demo", ["--sd-repeats", "101"], "--sd-repeats 101: expected an integer 1..100"),
+    ("demo", ["--threads", "-1"], "--threads -1: expected an integer 0..1024"),
+    ("demo", ["--out", "{tmp}/afile"], "--out {tmp}/afile: exists and is not a folder"),
     # bench: a missing checkpoint used to be a traceback, 0 used to become the default
     ("bench", ["--ckpt", "/missing.safetensors"], "--ckpt /missing.safetensors: no such file"),
     ("bench", ["--steps", "0"], "--steps 0: expected an integer 2..10000"),
@@ -162,7 +171,7 @@ BAD = [
 def no_heavy_work(monkeypatch):
     """A bad input must stop the command before any of these starts; if a check is missing, fail fast."""
     from dato.cli import calibrate, gates, search
-    from dato.evaluation import bench, quality
+    from dato.evaluation import bench, demo, quality
     from dato.generators import compare
 
     def heavy(*args, **kwargs):
@@ -170,7 +179,7 @@ def no_heavy_work(monkeypatch):
 
     for module, name in ((search, "backend_from_args"), (calibrate, "backend_from_args"),
                          (gates, "backend_from_args"), (bench, "run_benchmark"), (quality, "run_quality"),
-                         (compare, "run_compare")):
+                         (demo, "run_demo"), (compare, "run_compare")):
         monkeypatch.setattr(module, name, heavy)
 
 
@@ -218,8 +227,8 @@ def test_a_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(inputs, capsys
 
 def test_the_top_level_command_name_is_checked_too(capsys):
     assert run_cli(["serch"]) == 2
-    assert capsys.readouterr().err == ("error: COMMAND 'serch': choose from bench, search, quality, calibrate, gates, "
-                                       "compare, schedules\n")
+    assert capsys.readouterr().err == ("error: COMMAND 'serch': choose from demo, bench, search, quality, calibrate, "
+                                       "gates, compare, schedules\n")
 
 
 @pytest.mark.parametrize("argv", [
@@ -248,7 +257,7 @@ def test_value_checks_name_what_is_allowed():
 
 
 # ------------------------------------------------------------------ optional packages
-OPTIONAL = ("pymoo", "sklearn", "matplotlib", "ImageReward", "transformers", "safetensors")
+OPTIONAL = ("pymoo", "sklearn", "matplotlib", "ImageReward", "transformers", "safetensors", "PIL")
 
 HELP_WITHOUT_OPTIONAL = """
 import io, sys, contextlib
@@ -278,6 +287,7 @@ def test_help_of_every_command_works_without_the_optional_packages():
 
 @pytest.mark.parametrize(("argv", "blocked", "message"), [
     (["search", *TINY], "pymoo", "error: python -m dato search needs pymoo: pip install pymoo\n"),
+    (["demo"], "PIL", "error: python -m dato demo needs Pillow for ldm and the grid picture: pip install Pillow\n"),
     (["quality"], "sklearn", "error: python -m dato quality needs scikit-learn for the fixture's digits and "
                              "classifier: pip install scikit-learn\n"),
     (["quality"], "matplotlib", "error: python -m dato quality needs matplotlib for quality.png (or pass --no-plot): "

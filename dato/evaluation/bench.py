@@ -38,6 +38,7 @@ from dato.core import tokens
 from dato.core.layout import find_unet, highest_resolution_transformer, isinstance_str
 from dato.core.patch import apply_patch, remove_patch, set_step
 from dato.core.schedule import FULL, REUSE, Schedule, find_schedules
+from dato.evaluation.progress import Progress, format_duration
 from dato.evaluation.sampling import sample
 
 __all__ = ["BenchConfig", "Variant", "applied", "build_variants", "run_benchmark",
@@ -218,8 +219,12 @@ class _Holder(torch.nn.Module):
 
 
 def time_kinds(timer: KindTimer, kinds: list[StepKind], repeats: int, log: Callable[[str], None],
-               tag: str) -> dict[StepKind, float]:
-    """Median time of each kind; repeats are interleaved (round-robin) so drift hits every kind alike."""
+               tag: str, progress: Progress | None = None,
+               estimates: dict[StepKind, float] | None = None) -> dict[StepKind, float]:
+    """Median time of each kind; repeats are interleaved (round-robin) so drift hits every kind alike.
+
+    With ``progress``, each timed call advances it by its entry in ``estimates`` (planned by the caller).
+    """
     samples: dict[StepKind, list[float]] = {k: [] for k in kinds}
     log(f"[{tag}] warm-up")
     timer.time(StepKind(FULL, "none", 0.0))
@@ -229,7 +234,8 @@ def time_kinds(timer: KindTimer, kinds: list[StepKind], repeats: int, log: Calla
         for kind in kinds:
             samples[kind].append(timer.time(kind))
             done += 1
-            log(f"[{tag}] {done}/{total} {kind.label():<26} {samples[kind][-1]:8.3f} s")
+            _advance(progress, estimates, kind, f"[{tag}] {done}/{total} {kind.label():<26} {samples[kind][-1]:8.3f} s",
+                     log)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -351,11 +357,12 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
     x = torch.randn(2, unet.in_channels, config.latent, config.latent, generator=gen)
     context = torch.randn(2, 77, context_dim, generator=gen)
     cost = macs_mod.trace_unet_cost(unet)
+    progress, estimates = _plan(unet, kinds, variants, cost, config, x, context, log)
     timers = {}
     for attention in config.attention:
         with sdpa_attention(unet, attention == "sdpa"):
             timers[attention] = time_kinds(KindTimer(unet, x, context, config.seed), kinds, config.repeats, log,
-                                           attention)
+                                           attention, progress, estimates)
             levels = sum(1 for m in unet.modules() if isinstance_str(m, "BasicTransformerBlock")
                          and _level_of(unet, m) == 1)
             rows = token_overhead(unet, config.latent, 2, 0.5, config.repeats, levels)
@@ -368,12 +375,48 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
     if checkpoint is not None:  # the timings alone took a while: keep them even if a later phase is stopped
         checkpoint(report)
     if config.fidelity:
-        _fill_rows(report, variants, timers, cost, config, _fidelity(unet, variants, config, context_dim, log))
+        _fill_rows(report, variants, timers, cost, config,
+                   _fidelity(unet, variants, config, context_dim, log, progress, estimates))
         if checkpoint is not None:
             checkpoint(report)
     if config.confirm:
-        report.confirmation = _confirm(unet, variants, timers, config, context, log)
+        report.confirmation = _confirm(unet, variants, timers, config, context, log, progress, estimates)
     return report
+
+
+def _plan(unet, kinds, variants, cost, config: BenchConfig, x, context, log) -> tuple[Progress, dict]:
+    """Say up front how long the run will take, from one timed full call per size; the estimates per task."""
+    timer = KindTimer(unet, x, context, config.seed)
+    log(f"[plan] timing one full call at {config.size} px ...")
+    with sdpa_attention(unet, config.attention[0] == "sdpa"):
+        t_full = timer.time(StepKind(FULL, "none", 0.0))  # cold: the estimates err long
+    full = cost.call_macs(config.latent, config.latent)
+    estimates: dict = {k: t_full * max(0.02, cost.call_macs(config.latent, config.latent, k.action, k.ratio,
+                                                               k.method) / full) for k in kinds}
+    timing = len(config.attention) * config.repeats * sum(estimates.values())
+    fidelity = confirm = 0.0
+    if config.fidelity:
+        f = config.fidelity_size // 8
+        small = KindTimer(unet, x.new_zeros(*x.shape[:2], f, f), context, config.seed)
+        with sdpa_attention(unet, "sdpa" in config.attention):
+            t_small = small.time(StepKind(FULL, "none", 0.0))
+        for v in variants:
+            estimates[v.name] = t_small * max(0.02, cost.schedule_macs(v.schedule, f, f) / cost.call_macs(f, f))
+        fidelity = sum(estimates[v.name] for v in variants)
+    if config.confirm:
+        v = next(v for v in variants if v.name == config.confirm_schedule)
+        estimates["confirm"] = t_full * cost.schedule_macs(v.schedule, config.latent, config.latent) / full
+        confirm = estimates["confirm"]
+    log(f"[plan] {len(kinds)} kinds of call x {config.repeats} repeat(s) x {len(config.attention)} attention "
+        f"path(s) ~{format_duration(timing)}"
+        + (f"; fidelity: {len(variants)} sampling runs at {config.fidelity_size} px ~{format_duration(fidelity)}"
+           if config.fidelity else "")
+        + (f"; end-to-end check ~{format_duration(confirm)}" if config.confirm else "")
+        + f": about {format_duration(timing + fidelity + confirm)} in all (estimated from the first timed calls;"
+        " --quick for a short run)")
+    progress = Progress(log)
+    progress.plan(timing + fidelity + confirm)
+    return progress, estimates
 
 
 def _fill_rows(report: BenchReport, variants: list[Variant], timers: dict, cost, config: BenchConfig,
@@ -405,7 +448,14 @@ def _level_of(unet: torch.nn.Module, block: torch.nn.Module) -> int:
     return 0
 
 
-def _fidelity(unet, variants, config, context_dim, log) -> dict[str, float]:
+def _advance(progress: Progress | None, estimates: dict | None, key, line: str, log: Callable[[str], None]) -> None:
+    if progress is None:
+        log(line)
+    else:
+        progress.step((estimates or {}).get(key, 0.0), line)
+
+
+def _fidelity(unet, variants, config, context_dim, log, progress=None, estimates=None) -> dict[str, float]:
     """Relative L2 of each variant's final latent to the baseline's (real sampling, small size)."""
     latent = config.fidelity_size // 8
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -422,12 +472,13 @@ def _fidelity(unet, variants, config, context_dim, log) -> dict[str, float]:
             if reference is None:
                 reference = latent_out
             results[variant.name] = relative_l2(latent_out, reference)
-            log(f"[fidelity {config.fidelity_size}px] {i}/{len(variants)} {variant.name:<34} rel-L2 "
-                f"{results[variant.name]:.4f} ({time.perf_counter() - start:.1f} s)")
+            line = (f"[fidelity {config.fidelity_size}px] {i}/{len(variants)} {variant.name:<34} rel-L2 "
+                    f"{results[variant.name]:.4f} ({time.perf_counter() - start:.1f} s)")
+            _advance(progress, estimates, variant.name, line, log)
     return results
 
 
-def _confirm(unet, variants, timers, config, context, log) -> dict:
+def _confirm(unet, variants, timers, config, context, log, progress=None, estimates=None) -> dict:
     """One real end-to-end run at the benchmark size: does the composed time hold?"""
     variant = next(v for v in variants if v.name == config.confirm_schedule)
     attention = "sdpa" if "sdpa" in timers else next(iter(timers))
@@ -440,7 +491,8 @@ def _confirm(unet, variants, timers, config, context, log) -> dict:
         sample_variant(unet, variant, noise, context[:1], context[1:], config.steps, config.sampler, config.seed)
         measured = time.perf_counter() - start
     error = 100.0 * (measured - composed) / composed
-    log(f"[confirm] measured {measured:.1f} s, composed {composed:.1f} s ({error:+.1f} %)")
+    line = f"[confirm] measured {measured:.1f} s, composed {composed:.1f} s ({error:+.1f} %)"
+    _advance(progress, estimates, "confirm", line, log)
     return {"schedule": variant.name, "attention": attention, "measured_s": measured, "composed_s": composed,
             "error_pct": error}
 
@@ -453,11 +505,28 @@ def _machine() -> dict:
 
 # ------------------------------------------------------------------ output
 
+def legend(report: BenchReport) -> list[str]:
+    """What the table's columns mean, printed above it."""
+    c = report.config
+    return [
+        "legend:",
+        "  MACs x    analytic UNet multiply-accumulates per image, baseline / variant: deterministic, no timing",
+        f"  s/img     seconds per image ({c['size']} px, {c['steps']} steps, CFG batch of 2), composed from "
+        "timed calls of each kind of step (median of "
+        f"{c['repeats']}), not one run end to end; the end-to-end check below compares one with its composition",
+        "  x         composed seconds of the baseline / of the variant, per attention path (ldm's own, PyTorch SDPA)",
+        f"  rel-L2    distance of the final latent to the baseline's in real sampling at {c['fidelity_size']} px",
+        "  " + ("random weights (the built-in SD1.5-architecture UNet): the speed figures hold for any SD1.5 "
+                "checkpoint; rel-L2 says nothing of image quality (python -m dato demo and quality measure it on "
+                "the trained fixture)" if c["model"] in ("sd15", "tiny") else "weights from the checkpoint"),
+    ]
+
+
 def format_table(report: BenchReport) -> str:
     attentions = list(report.step_kinds)
     head = f"{'variant':<36}{'MACs x':>8}" + "".join(f"{'s/img ' + a:>14}{'x ' + a:>9}" for a in attentions)
     head += f"{'rel-L2':>9}  schedule"
-    lines = [head, "-" * len(head)]
+    lines = legend(report) + ["", head, "-" * len(head)]
     for row in report.rows:
         line = f"{row['name']:<36}{row['macs_speedup']:>8.2f}"
         for a in attentions:
