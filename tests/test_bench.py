@@ -38,7 +38,8 @@ def test_quick_benchmark_reports_every_variant_against_the_baseline(quick_report
     assert rows["baseline"]["fidelity_rel_l2"] == 0.0
     assert rows["deepcache-every2-d0"]["macs_speedup"] > 1.0
     assert rows["prune 0.5"]["fidelity_rel_l2"] > 0.0
-    assert {r["method"] for r in report.token_overhead} == {"prune", "merge", "downsample"}
+    assert {r["method"] for r in report.token_overhead} == {
+        "prune[shared-plan]", "prune[base-restore]", "prune[faithful]", "merge", "downsample"}
     assert report.confirmation["schedule"] == "fast"
     plan = [line for line in lines if line.startswith("[plan]") and "in all" in line]
     assert len(plan) == 1 and "fidelity" in plan[0] and "end-to-end" in plan[0]  # said up front, before any timing

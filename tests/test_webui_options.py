@@ -20,7 +20,8 @@ from dato.core.options import (
 )
 
 DOCUMENTED_ORDER = ["enabled", "method", "ratio", "schedule", "interval", "depth", "max_downsample", "hr_mode",
-                    "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth"]
+                    "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth", "prune_variant",
+                    "downsample_factor", "downsample_factor2", "downsample_stop"]
 
 
 def pasted_args(params, defaults=None):
@@ -71,7 +72,7 @@ def test_named_form_fills_over_the_defaults_and_means_enabled():
     ([True, "prune", 0.4, "balanced", 5, 0, 3], "argument 6 (max_downsample) = 3"),
     ([True, "prune", 0.4, "balanced", 5, 0, 1, "sometimes"], "argument 7 (hr_mode) = 'sometimes'"),
     ([True, "prune", 0.4, ""], "argument 3 (schedule) = ''"),
-    ([None] * 14, "got 14 arguments"),
+    ([None] * 18, "got 18 arguments"),
     (["yes"], "argument 0 (enabled) = 'yes'"),
 ])
 def test_bad_arguments_are_named_by_position_and_name(bad, message):
@@ -158,3 +159,30 @@ def test_pass_summary_is_the_schedule_resampled():
     assert summary["preview"] == schedule.resample(12).preview() == "F0000F0000F0"
     assert (summary["full"], summary["cached"], summary["method"]) == (3, 9, "prune")
     assert pass_summary(schedule.with_method("none"), 12)["ratio"] == [0.0] * 12
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("prune_variant", "exact", "argument 13 (prune_variant) = 'exact': expected one of faithful"),
+    ("downsample_factor", 0.5, "argument 14 (downsample_factor) = 0.5: expected 0"),
+    ("downsample_factor2", "x", "argument 15 (downsample_factor2) = 'x': expected a number"),
+    ("downsample_stop", 1.2, "argument 16 (downsample_stop) = 1.2: expected a fraction"),
+])
+def test_token_options_refuse_bad_values_by_name(name, value, message):
+    with pytest.raises(ArgsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DatoArgs.from_dict({name: value})
+
+
+def test_token_options_reach_both_passes_and_the_infotext_only_when_set():
+    args = DatoArgs(enabled=True, method="downsample", prune_variant="Faithful", downsample_factor=1.5,
+                    downsample_stop=0.6, hr_mode="own")
+    assert args.prune_variant == "faithful"
+    for settings in (args.first_pass(), args.hires_pass()):
+        assert settings.patch_options() == {"max_downsample": 1, "prune_variant": "faithful",
+                                            "downsample_factor": 1.5, "downsample_factor2": 0.0,
+                                            "downsample_stop": 0.6}
+    params = infotext_params(args, None)
+    assert params["DaTo prune variant"] == "faithful" and params["DaTo ToDo factor"] == 1.5
+    assert "DaTo ToDo factor 2" not in params
+    assert pasted_args(params) == replace(args, hr_mode="same")
+    assert "DaTo prune variant" not in infotext_params(DatoArgs(enabled=True), None)
+    assert pasted_args(infotext_params(DatoArgs(enabled=True), None), args).prune_variant == "shared-plan"

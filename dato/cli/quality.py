@@ -25,15 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
                         help="run only this variant (and the baseline); repeat for several")
+    parser.add_argument("--study", choices=("tokens",), default=None,
+                        help="tokens: DaTo's faithful prune vs its shortcuts vs merge vs downsample at ratios "
+                             "0.3/0.5/0.7, alone and on deepcache-every5-d0 (instead of the benchmark's variants)")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="torch threads (default 0: torch's choice; 1 is fastest on a shared 2-core machine)")
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir("--out", args.out)
-    from dato.evaluation.bench import build_variants
+    from dato.evaluation.bench import build_variants, token_study_variants
 
-    known = {v.name for v in build_variants(args.steps)}
+    pool = token_study_variants(args.steps) if args.study == "tokens" else build_variants(args.steps)
+    known = {v.name for v in pool}
     for name in args.only:
         if name not in known:
             raise bad("--only", name, f"unknown variant; known: {', '.join(sorted(known))}")
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from dato.evaluation.quality import QualityConfig, format_markdown, run_quality, write_reports
 
     config = QualityConfig(steps=args.steps, per_class=args.per_class, sampler=args.sampler, seed=args.seed,
-                           out=args.out, plot=not args.no_plot, threads=args.threads, only=tuple(args.only))
+                           out=args.out, plot=not args.no_plot, threads=args.threads, only=tuple(args.only),
+                           study=args.study or "")
     print(f"writing into {args.out}/ (quality.md, quality-timing.md, quality.json"
           f"{', quality.png' if config.plot else ''})", flush=True)
     if config.threads:

@@ -19,6 +19,7 @@ import torch
 
 from dato.core.layout import UNetLayout, find_unet, role_of
 from dato.core.schedule import FULL, REUSE, Schedule
+from dato.core.tokens import todo_size
 
 __all__ = ["UNetCost", "trace_unet_cost"]
 
@@ -45,8 +46,13 @@ class UNetCost:
         self.layout = layout
 
     def call_macs(self, height: int, width: int, action: int = FULL, ratio: float = 0.0,
-                  method: str = "none", max_downsample: int = 1) -> float:
-        """MACs of one UNet call on a ``height x width`` latent (per image)."""
+                  method: str = "none", max_downsample: int = 1, prune_variant: str = "shared-plan",
+                  downsample_factors: tuple[float, float] = (0.0, 0.0)) -> float:
+        """MACs of one UNet call on a ``height x width`` latent (per image).
+
+        ``prune_variant`` and ``downsample_factors`` (first, second level; 0 = from the ratio) are
+        :func:`dato.core.patch.apply_patch`'s options of the same names.
+        """
         if action == REUSE:
             computed = {"time_embed", "label_emb"}
         elif action == FULL:
@@ -64,25 +70,32 @@ class UNetCost:
                 keys = n if op.self_attn_part else op.key_len
                 total += op.per_position * n * (keys if op.kind == "attn" else 1)
                 continue
-            kept, kv = _reduced_tokens(height, width, op.ds, ratio, method)
+            kept, kv = _reduced_tokens(height, width, op.ds, ratio, method, _level_factor(downsample_factors, op.ds))
             queries = n if method == "downsample" else kept
             if op.kind == "attn":
                 total += op.per_position * queries * kv
             else:
                 total += op.per_position * (kv if op.self_attn_part in ("k", "v") else queries)
-            # token matching: once per level and call for prune (shared plan), once per block for merge
+            # token matching: once per level and call for the shared prune plan, once per block otherwise;
+            # faithful prune adds the pruned x kept similarity of its restoration
             if op.self_attn_part == "q" and method in ("prune", "merge"):
-                if method == "merge" or op.ds not in matched_levels:
+                shared = method == "prune" and prune_variant == "shared-plan"
+                if not shared or op.ds not in matched_levels:
                     total += _matching_macs(height, width, op)
                     matched_levels.add(op.ds)
+                if method == "prune" and prune_variant == "faithful":
+                    total += (_positions(height, width, op.ds) - kept) * kept * op.channels
         return total
 
     def schedule_macs(self, schedule: Schedule, height: int, width: int, max_downsample: int = 1,
-                      calls_per_step: int = 1) -> float:
+                      calls_per_step: int = 1, prune_variant: str = "shared-plan",
+                      downsample_factors: tuple[float, float] = (0.0, 0.0), downsample_stop: float = 1.0) -> float:
         """Sum over the schedule's steps (per image, times ``calls_per_step`` UNet evaluations)."""
+        stop = int(downsample_stop * schedule.steps) if schedule.method == "downsample" else schedule.steps
         return calls_per_step * sum(
-            self.call_macs(height, width, a, r, schedule.method, max_downsample)
-            for a, r in zip(schedule.cache, schedule.ratio, strict=True)
+            self.call_macs(height, width, a, r if i < stop else 0.0, schedule.method, max_downsample,
+                           prune_variant, downsample_factors)
+            for i, (a, r) in enumerate(zip(schedule.cache, schedule.ratio, strict=True))
         )
 
     def full_step_macs(self, height: int, width: int) -> float:
@@ -102,10 +115,18 @@ def _positions(height: int, width: int, ds: int) -> int:
     return math.ceil(height / ds) * math.ceil(width / ds)
 
 
-def _reduced_tokens(height: int, width: int, ds: int, ratio: float, method: str) -> tuple[int, int]:
+def _level_factor(factors: tuple[float, float], ds: int) -> float:
+    first, second = factors
+    return first if ds == 1 else (second or first) if ds == 2 else 0.0
+
+
+def _reduced_tokens(height: int, width: int, ds: int, ratio: float, method: str,
+                    factor: float = 0.0) -> tuple[int, int]:
     """(queries kept, keys/values kept) for one self-attention at level ``ds``."""
     grid_h, grid_w = math.ceil(height / ds), math.ceil(width / ds)
     n = grid_h * grid_w
+    if method == "downsample" and factor:
+        return n, todo_size((grid_h, grid_w), factor)[0] * todo_size((grid_h, grid_w), factor)[1]
     if method == "downsample":
         scale = math.sqrt(1.0 - ratio)
         kv = max(1, round(grid_h * scale)) * max(1, round(grid_w * scale))

@@ -21,6 +21,7 @@ from typing import Any
 
 from dato.core.layout import SD1_LAYOUT
 from dato.core.schedule import MAX_DEPTH_LIMIT, METHODS, RATIO_LIMIT, Schedule, ScheduleError, ratio_allowed, short_repr
+from dato.core.tokens import PRUNE_VARIANTS
 
 __all__ = [
     "ARG_FIELDS",
@@ -94,6 +95,12 @@ ARG_FIELDS: tuple[ArgField, ...] = (
     ArgField("hr_schedule", "schedule", "hires pass (own): cache schedule"),
     ArgField("hr_interval", "interval", "hires pass (own): uniform N"),
     ArgField("hr_depth", "depth", "hires pass (own): uniform depth"),
+    ArgField("prune_variant", "prune_variant", "how prune follows the DaTo paper: shared-plan (one plan per level, "
+                                               "base-token restore), base-restore (per block) or faithful"),
+    ArgField("downsample_factor", "factor", "downsample (ToDo): fixed key/value factor on the first level, "
+                                            "grid int(h / factor); 0 = from the ratio"),
+    ArgField("downsample_factor2", "factor", "downsample (ToDo): factor on the second level (0 = the first's)"),
+    ArgField("downsample_stop", "fraction", "downsample (ToDo): stop after this fraction of the steps (1 = never)"),
 )
 ARG_NAMES: tuple[str, ...] = tuple(f.name for f in ARG_FIELDS)
 
@@ -108,7 +115,16 @@ class PassSettings:
     interval: int = 5
     depth: int = 0
     max_downsample: int = 1
+    prune_variant: str = "shared-plan"
+    downsample_factor: float = 0.0
+    downsample_factor2: float = 0.0
+    downsample_stop: float = 1.0
 
+    def patch_options(self) -> dict[str, Any]:
+        """The :func:`dato.core.patch.apply_patch` keywords these settings give."""
+        return {"max_downsample": self.max_downsample, "prune_variant": self.prune_variant,
+                "downsample_factor": self.downsample_factor, "downsample_factor2": self.downsample_factor2,
+                "downsample_stop": self.downsample_stop}
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,10 @@ class DatoArgs:
     hr_schedule: str = "balanced"
     hr_interval: int = 3
     hr_depth: int = 0
+    prune_variant: str = "shared-plan"
+    downsample_factor: float = 0.0
+    downsample_factor2: float = 0.0
+    downsample_stop: float = 1.0
 
     def __post_init__(self) -> None:
         for position, spec in enumerate(ARG_FIELDS):
@@ -194,7 +214,11 @@ class DatoArgs:
         return {name: getattr(self, name) for name in ARG_NAMES}
 
     def first_pass(self) -> PassSettings:
-        return PassSettings(self.method, self.ratio, self.schedule, self.interval, self.depth, self.max_downsample)
+        return PassSettings(self.method, self.ratio, self.schedule, self.interval, self.depth, self.max_downsample,
+                            *self._token_options())
+
+    def _token_options(self) -> tuple:
+        return self.prune_variant, self.downsample_factor, self.downsample_factor2, self.downsample_stop
 
     def hires_pass(self) -> PassSettings | None:
         """Settings of the hires-fix pass, or ``None`` when the extension stays off for it."""
@@ -203,7 +227,7 @@ class DatoArgs:
         if self.hr_mode == "same":
             return self.first_pass()
         return PassSettings(self.hr_method, self.hr_ratio, self.hr_schedule, self.hr_interval, self.hr_depth,
-                            self.max_downsample)
+                            self.max_downsample, *self._token_options())
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> DatoArgs:
         """Apply X/Y/Z-style overrides (named, validated)."""
@@ -266,6 +290,21 @@ def _coerce(spec: ArgField, value: Any, position: int) -> Any:
             raise ArgsError(f"{where} = {short_repr(value)}: expected one of "
                             f"{', '.join(map(str, DOWNSAMPLE_CHOICES))}")
         return integer
+    if kind == "prune_variant":
+        key = value.strip().lower() if isinstance(value, str) else None
+        if key not in PRUNE_VARIANTS:
+            raise ArgsError(f"{where} = {value!r}: expected one of {', '.join(PRUNE_VARIANTS)}")
+        return key
+    if kind == "factor":
+        number = _number(value, where)
+        if not (number == 0 or 1 <= number <= 16):
+            raise ArgsError(f"{where} = {value!r}: expected 0 (from the ratio) or a factor 1..16")
+        return number
+    if kind == "fraction":
+        number = _number(value, where)
+        if not 0 <= number <= 1:
+            raise ArgsError(f"{where} = {value!r}: expected a fraction of the steps 0..1")
+        return number
     raise AssertionError(kind)
 
 
@@ -338,7 +377,12 @@ INFOTEXT_KEYS: dict[str, str] = {
     "interval": "DaTo interval", "depth": "DaTo depth", "max_downsample": "DaTo max downsample",
     "hr_mode": "DaTo hires", "hr_method": "DaTo hires method", "hr_ratio": "DaTo hires ratio",
     "hr_schedule": "DaTo hires schedule", "hr_interval": "DaTo hires interval", "hr_depth": "DaTo hires depth",
+    "prune_variant": "DaTo prune variant", "downsample_factor": "DaTo ToDo factor",
+    "downsample_factor2": "DaTo ToDo factor 2", "downsample_stop": "DaTo ToDo stop after",
 }
+#: Arguments written to the infotext only where they differ from this default (and restored to it on paste).
+_OPTIONAL_KEYS: dict[str, Any] = {"prune_variant": "shared-plan", "downsample_factor": 0.0,
+                                  "downsample_factor2": 0.0, "downsample_stop": 1.0}
 #: content hash of a named schedule file, beside its name.
 HASH_KEYS: dict[str, str] = {"schedule": "DaTo schedule hash", "hr_schedule": "DaTo hires schedule hash"}
 
@@ -366,6 +410,9 @@ def infotext_params(args: DatoArgs, first_source: Schedule | None, hires_source:
     out.update(_encode_pass(args.first_pass(), first_source, ""))
     if args.max_downsample != 1:
         out[INFOTEXT_KEYS["max_downsample"]] = args.max_downsample
+    for name, default in _OPTIONAL_KEYS.items():
+        if getattr(args, name) != default:
+            out[INFOTEXT_KEYS[name]] = getattr(args, name)
     if has_hires and args.hr_mode != "same":
         out[INFOTEXT_KEYS["hr_mode"]] = args.hr_mode
         hires = args.hires_pass()
@@ -390,6 +437,8 @@ def normalize_pasted(params: dict[str, Any], lookup_hash: Callable[[str], str | 
         return []
     params.setdefault(INFOTEXT_KEYS["max_downsample"], "1")
     params.setdefault(INFOTEXT_KEYS["hr_mode"], "same")
+    for name, default in _OPTIONAL_KEYS.items():
+        params.setdefault(INFOTEXT_KEYS[name], str(default))
     messages: list[str] = []
     for field in ("schedule", "hr_schedule"):
         name_key, hash_key = INFOTEXT_KEYS[field], HASH_KEYS[field]

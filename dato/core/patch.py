@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 _MISSING = object()
+#: DaTo's weight of the temporal dynamics in the base-token score (``diff_gema``).
+DYNAMICS_WEIGHT = 0.1
 _ATTR = "_dato_patch"
 #: Per-call feature caches kept per pass (one per UNet call of a step: cond/uncond halves, batch shapes) and
 #: resampled schedules kept per patch; bounded so that a patch left on for a long session stays small.
@@ -158,6 +160,10 @@ class PatchOptions:
     use_rand: bool
     clock: str
     steps: int | None
+    prune_variant: str = "shared-plan"
+    downsample_factor: float = 0.0
+    downsample_factor2: float = 0.0
+    downsample_stop: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -173,6 +179,17 @@ class PatchOptions:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
             raise ScheduleError(f"steps = {self.steps!r}, expected an integer >= 1")
+        if self.prune_variant not in tokens.PRUNE_VARIANTS:
+            raise ScheduleError(f"prune_variant = {self.prune_variant!r}, expected one of "
+                                f"{', '.join(tokens.PRUNE_VARIANTS)}")
+        for name in ("downsample_factor", "downsample_factor2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value == 0 or (math.isfinite(value) and 1 <= value <= 16)):
+                raise ScheduleError(f"{name} = {value!r}, expected 0 (from the ratio) or a number 1..16")
+        stop = self.downsample_stop
+        if isinstance(stop, bool) or not isinstance(stop, (int, float)) or not 0 <= stop <= 1:
+            raise ScheduleError(f"downsample_stop = {stop!r}, expected a fraction of the steps 0..1")
 
 
 class DatoPatch:
@@ -287,6 +304,8 @@ class DatoPatch:
             self.calls.clear()
         schedule = self.schedule_for(max(total, 1))
         action, ratio = (schedule.cache[step], schedule.ratio[step]) if step < schedule.steps else (FULL, 0.0)
+        if self.options.method == "downsample" and step >= int(self.options.downsample_stop * max(total, 1)):
+            ratio = 0.0  # ToDo's "disable after": token reduction stops for the rest of the pass
         key = (self.clock.ordinal, tuple(x.shape), x.dtype, x.device)
         entry = self.calls.get(key)
         if entry is None:  # bounded: a dropped entry only makes that call's next step full (see _ready)
@@ -368,7 +387,7 @@ class DatoPatch:
         return _forward
 
     def _plan(self, ctx: CallContext, ds: int, x: torch.Tensor):
-        """The token plan for this block: shared per level and call for prune/downsample, per block for merge."""
+        """The token plan for this block: per block for merge and per-block prune variants, else per level."""
         height, width = ctx.size
         grid = (-(-height // ds), -(-width // ds))
         if grid[0] * grid[1] != x.shape[1]:
@@ -376,13 +395,21 @@ class DatoPatch:
         method = self.options.method
         if method == "merge":
             return tokens.merge_plan(x, grid, ctx.ratio, ctx.generator if self.options.use_rand else None)
+        if method == "prune" and self.options.prune_variant != "shared-plan":
+            return self._prune_plan(ctx, ds, grid, x)
         key = (ds, x.shape[1])
         if key not in ctx.level_plans:
             if method == "downsample":
-                ctx.level_plans[key] = tokens.downsample_plan(grid, ctx.ratio)
+                ctx.level_plans[key] = tokens.downsample_plan(grid, ctx.ratio, self._downsample_factor(ds))
             else:
                 ctx.level_plans[key] = self._prune_plan(ctx, ds, grid, x)
         return ctx.level_plans[key]
+
+    def _downsample_factor(self, ds: int) -> float | None:
+        """ToDo's fixed factor for this level (first level, then second), or ``None``: from the ratio."""
+        first, second = self.options.downsample_factor, self.options.downsample_factor2
+        factor = first if ds == 1 else (second or first) if ds == 2 else 0
+        return float(factor) if factor else None
 
     def _prune_plan(self, ctx: CallContext, ds: int, grid: tuple[int, int], x: torch.Tensor):
         batch = x.shape[0]
@@ -393,9 +420,16 @@ class DatoPatch:
                 dynamics = F.avg_pool2d(dynamics, ds, ceil_mode=True)
             if dynamics.shape[0] != batch or dynamics.shape[-2:] != grid:
                 dynamics = None
-        noise = torch.randn(batch, x.shape[1], generator=ctx.generator, device=ctx.generator.device)
+        gen = ctx.generator
+        noise = torch.randn(batch, x.shape[1], generator=gen, device=gen.device)
         noise = noise.to(device=x.device, dtype=x.dtype) * self.options.noise_alpha
-        return tokens.prune_plan(x, grid, ctx.ratio, dynamics, noise, align_halves=self.options.align_cfg)
+        variant = self.options.prune_variant
+        weight = None
+        if variant != "shared-plan":  # DaTo: 0.1 * dynamics, its sign flipped at random on every call
+            flip = torch.rand((), generator=gen, device=gen.device) < 0.5
+            weight = torch.where(flip, -DYNAMICS_WEIGHT, DYNAMICS_WEIGHT).to(device=x.device, dtype=x.dtype)
+        return tokens.prune_plan(x, grid, ctx.ratio, dynamics, noise, align_halves=self.options.align_cfg,
+                                 restore="kept" if variant == "faithful" else "base", dynamics_weight=weight)
 
 
 def get_patch(model: torch.nn.Module) -> DatoPatch | None:
@@ -416,6 +450,10 @@ def apply_patch(
     align_cfg: bool = True,
     use_rand: bool = True,
     clock: str = "auto",
+    prune_variant: str = "shared-plan",
+    downsample_factor: float = 0.0,
+    downsample_factor2: float = 0.0,
+    downsample_stop: float = 1.0,
 ) -> DatoPatch:
     """Patch ``model``'s ldm UNet (the UNet, a ``DiffusionWrapper`` or a ``LatentDiffusion``).
 
@@ -429,6 +467,13 @@ def apply_patch(
     * ``seed``, ``noise_alpha``, ``align_cfg``: DaTo base-token noise and cond/uncond alignment;
       ``use_rand``: ToMe's random dst cell (off = top-left, as tomesd's ``use_rand=False``).
     * ``clock``: ``auto`` (derived from timesteps) or ``manual`` (call :func:`set_step`).
+    * ``prune_variant``: how ``prune`` follows DaTo: ``faithful`` (per block, restoration from the most
+      similar kept token, the reference's score), ``base-restore`` (per block, copy of the matched base
+      token) or ``shared-plan`` (one plan per level and call); see :data:`dato.core.tokens.PRUNE_VARIANTS`.
+    * ``downsample_factor``, ``downsample_factor2``: ToDo's fixed factor for the first and second level
+      (keys/values on an ``int(h / factor)`` grid at every step whose ratio is > 0; 0 = from the ratio;
+      the second level defaults to the first's); ``downsample_stop``: ToDo's "disable after", the
+      fraction of each pass's steps after which ``downsample`` stops (1 = never).
 
     Applying again replaces the previous patch; it never stacks.
     """
@@ -454,6 +499,8 @@ def apply_patch(
     options = PatchOptions(
         method=base.method, max_downsample=max_downsample, seed=seed, noise_alpha=float(noise_alpha),
         align_cfg=bool(align_cfg), use_rand=bool(use_rand), clock=clock, steps=steps,
+        prune_variant=prune_variant, downsample_factor=downsample_factor, downsample_factor2=downsample_factor2,
+        downsample_stop=downsample_stop,
     )
     remove_patch(unet)
     patch = DatoPatch(unet, base, options)

@@ -42,7 +42,7 @@ from dato.evaluation.progress import Progress, format_duration
 from dato.evaluation.sampling import sample
 
 __all__ = ["BenchConfig", "Variant", "applied", "build_variants", "run_benchmark",
-           "sdpa_attention"]
+           "sdpa_attention", "token_study_variants", "macs_options"]
 
 TOKEN_RATIOS = {"prune": (0.3, 0.5, 0.7), "merge": (0.3, 0.5), "downsample": (0.5, 0.75)}
 TOMESD_RATIOS = (0.3, 0.5)
@@ -93,6 +93,7 @@ class Variant:
     schedule: Schedule
     peer: str = ""
     group: str = ""
+    options: dict = field(default_factory=dict)  # extra apply_patch options (prune_variant, downsample_*)
 
 
 @dataclass
@@ -158,6 +159,39 @@ def build_variants(steps: int, quick: bool = False) -> list[Variant]:
         sched = Schedule.load(presets[base]).resample(steps).with_method(method).with_ratio(r)
         variants.append(Variant(f"{base} + {method} {r:g}", sched, group="combo"))
     return variants
+
+
+STUDY_RATIOS = (0.3, 0.5, 0.7)
+STUDY_CACHE = "deepcache-every5-d0"
+
+
+def token_study_variants(steps: int) -> list[Variant]:
+    """DaTo as the paper does it against each shortcut, merge and downsample, alone and with caching.
+
+    Baseline; then at each of :data:`STUDY_RATIOS`, with every step full and on :data:`STUDY_CACHE`:
+    ``prune`` in each of :data:`dato.core.tokens.PRUNE_VARIANTS`, ``merge`` and ``downsample``.
+    """
+    variants = [Variant("baseline", Schedule.full(steps, 0.0, "none"), group="baseline")]
+    cached = Schedule.load(find_schedules()[STUDY_CACHE]).resample(steps)
+    for base_name, base in (("", Schedule.full(steps, 0.0, "none")), (f"{STUDY_CACHE} + ", cached)):
+        group = "combo" if base_name else "tokens"
+        for r in STUDY_RATIOS:
+            sched = base.with_method("prune").with_ratio(r)
+            for pv in tokens.PRUNE_VARIANTS:
+                variants.append(Variant(f"{base_name}prune[{pv}] {r:g}", sched, group=group,
+                                        options={"prune_variant": pv}))
+            for method in ("merge", "downsample"):
+                variants.append(Variant(f"{base_name}{method} {r:g}", base.with_method(method).with_ratio(r),
+                                        group=group))
+    return variants
+
+
+def macs_options(variant: Variant) -> dict:
+    """The :meth:`UNetCost.schedule_macs` keywords that a variant's patch options change."""
+    o = variant.options
+    return {"prune_variant": o.get("prune_variant", "shared-plan"),
+            "downsample_factors": (o.get("downsample_factor", 0.0), o.get("downsample_factor2", 0.0)),
+            "downsample_stop": o.get("downsample_stop", 1.0)}
 
 
 def step_kinds(variant: Variant) -> list[StepKind]:
@@ -252,10 +286,14 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 @torch.no_grad()
-def token_overhead(unet: torch.nn.Module, latent: int, batch: int, ratio: float, repeats: int,
-                   blocks_per_level: int) -> list[dict]:
-    """Selection + restoration cost per UNet call against the self-attention time it saves (level 1)."""
-    block = highest_resolution_transformer(unet)
+def token_overhead(unet: torch.nn.Module | None, latent: int, batch: int, ratio: float, repeats: int,
+                   blocks_per_level: int, block: torch.nn.Module | None = None) -> list[dict]:
+    """Selection + restoration cost per UNet call against the self-attention time it saves (level 1).
+
+    ``prune`` is measured in each of :data:`dato.core.tokens.PRUNE_VARIANTS`: ``shared-plan`` builds
+    one plan per level and call, the others one per block (``faithful`` with its pruned x kept restoration).
+    """
+    block = block if block is not None else highest_resolution_transformer(unet)
     channels = block.norm1.normalized_shape[0]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, latent * latent, channels, generator=gen)
@@ -265,7 +303,11 @@ def token_overhead(unet: torch.nn.Module, latent: int, batch: int, ratio: float,
     rows = []
     noise = torch.randn(batch, latent * latent, generator=gen) * 0.1
     builders = {
-        "prune": (lambda: tokens.prune_plan(x, grid, ratio, None, noise), 1),
+        "prune[shared-plan]": (lambda: tokens.prune_plan(x, grid, ratio, None, noise), 1),
+        "prune[base-restore]": (lambda: tokens.prune_plan(x, grid, ratio, None, noise, dynamics_weight=0.1),
+                                blocks_per_level),
+        "prune[faithful]": (lambda: tokens.prune_plan(x, grid, ratio, None, noise, restore="kept",
+                                                      dynamics_weight=0.1), blocks_per_level),
         "merge": (lambda: tokens.merge_plan(x, grid, ratio, gen), blocks_per_level),
         "downsample": (lambda: tokens.downsample_plan(grid, ratio if ratio <= 0.75 else 0.75), 0),
     }
@@ -308,7 +350,7 @@ def applied(unet: torch.nn.Module, variant: Variant, seed: int = 0) -> Iterator[
             tomesd.apply_patch(holder, ratio=variant.schedule.ratio[0], max_downsample=1)
             yield None
         else:
-            apply_patch(unet, variant.schedule, clock="manual", seed=seed)
+            apply_patch(unet, variant.schedule, clock="manual", seed=seed, **variant.options)
             yield lambda i, n: set_step(unet, i, n)
     finally:
         remove_patch(unet)
@@ -539,7 +581,7 @@ def format_table(report: BenchReport) -> str:
     lines.append("")
     lines.append("token selection + restoration per UNet call (level 1) vs self-attention time saved:")
     for row in report.token_overhead:
-        lines.append(f"  {row['attention']:<5} {row['method']:<10} r={row['ratio']:.2f} kept {row['kept']:>5}/"
+        lines.append(f"  {row['attention']:<5} {row['method']:<19} r={row['ratio']:.2f} kept {row['kept']:>5}/"
                      f"{row['tokens']}: select {row['select_ms']:7.2f} ms x{row['plans_per_call']}, "
                      f"gather {row['reduce_restore_ms']:6.2f} ms/block, saved {row['saved_ms_per_call']:8.1f} ms "
                      f"-> overhead {row['overhead_pct_of_saved']:5.1f} % of saved")

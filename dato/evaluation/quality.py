@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dato.core.macs import trace_unet_cost
-from dato.evaluation.bench import Variant, applied, build_variants
+from dato.evaluation.bench import Variant, applied, build_variants, macs_options, token_study_variants
 from dato.evaluation.metrics import fidelity
 
 __all__ = ["QualityConfig", "run_quality", "pareto_front", "write_reports"]
@@ -41,6 +41,7 @@ class QualityConfig:
     plot: bool = True
     threads: int = 0
     only: tuple[str, ...] = ()
+    study: str = ""  # "" = every benchmark variant; "tokens" = the token-method study (token_study_variants)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -65,7 +66,8 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     cost = trace_unet_cost(fx.unet, context_len=fx.class_contexts([0]).shape[1])
     height, width = fx.latent_shape[-2:]
     full = cost.full_step_macs(height, width) * config.steps
-    variants = select_variants(build_variants(config.steps), config.only)
+    pool = token_study_variants(config.steps) if config.study == "tokens" else build_variants(config.steps)
+    variants = select_variants(pool, config.only)
     rows: list[dict] = []
     reference = None
     for i, variant in enumerate(variants, 1):
@@ -76,7 +78,7 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
         fid = fidelity(images, reference[1], data_range=2.0, latent=latents, reference_latent=reference[0])
         dist = scorer.score(images, labels)
         s = variant.schedule
-        macs = cost.schedule_macs(s, height, width)
+        macs = cost.schedule_macs(s, height, width, **macs_options(variant))
         rows.append({
             "name": variant.name, "group": variant.group, "preview": s.preview(),
             "macs_speedup": full / macs, "seconds": seconds,

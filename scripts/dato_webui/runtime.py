@@ -257,8 +257,8 @@ class Runtime:
 
     @staticmethod
     def _apply(unet: Any, plan: PassPlan, seed: int):
-        return dato.apply_patch(unet, plan.schedule, max_downsample=plan.settings.max_downsample,
-                                seed=seed % (2**31), clock="manual")
+        return dato.apply_patch(unet, plan.schedule, seed=seed % (2**31), clock="manual",
+                                **plan.settings.patch_options())
 
     def on_cfg_denoiser(self, params: Any) -> None:
         """The step clock: the denoiser knows its step and the total for this pass."""

@@ -30,6 +30,7 @@ from dato.core.options import (
     pass_summary,
 )
 from dato.core.schedule import RATIO_LIMIT, ScheduleError
+from dato.core.tokens import PRUNE_VARIANTS
 
 from . import settings, store
 
@@ -47,6 +48,10 @@ HINTS = {
     "interval": "uniform: a full step every N steps (DeepCache's N). Larger is faster.",
     "depth": "uniform: how much of the UNet a cached step still computes (0 = shallowest, fastest).",
     "max_downsample": "Which resolution levels get token reduction: the 64×64 level at 512 px, or deeper too.",
+    "prune_variant": "faithful = as the DaTo paper (per block, restore from the most similar kept token); "
+                     "base-restore and shared-plan are cheaper shortcuts. See docs/design.md.",
+    "todo": "ToDo downsample only: keys/values on an int(h / factor) grid, as the ToDo extension; "
+            "0 = from the token ratio.",
     "hr_mode": "Hires. fix second pass: the same settings, no acceleration, or its own settings below.",
 }
 
@@ -119,6 +124,22 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
             c["max_downsample"] = gr.Radio(label="Token levels", choices=list(LEVEL_CHOICES),
                                            value=d.max_downsample, elem_id=_elem(script, "max_downsample"),
                                            info=HINTS["max_downsample"])
+        with gr.Accordion("Token method details", open=False, elem_classes=["dato-details"]):
+            with FormRow(elem_classes=["dato-row"]):
+                c["prune_variant"] = gr.Radio(label="DaTo prune variant", choices=list(PRUNE_VARIANTS),
+                                              value=d.prune_variant, elem_id=_elem(script, "prune_variant"),
+                                              info=HINTS["prune_variant"])
+            with FormRow(elem_classes=["dato-row"]):
+                c["downsample_factor"] = gr.Slider(label="ToDo factor", minimum=0.0, maximum=5.0, step=0.5,
+                                                   value=d.downsample_factor,
+                                                   elem_id=_elem(script, "downsample_factor"), info=HINTS["todo"])
+                c["downsample_factor2"] = gr.Slider(label="ToDo factor, second level", minimum=0.0, maximum=5.0,
+                                                    step=0.5, value=d.downsample_factor2,
+                                                    elem_id=_elem(script, "downsample_factor2"),
+                                                    info="0 = the first level's factor")
+                c["downsample_stop"] = gr.Slider(label="ToDo stop after", minimum=0.0, maximum=1.0, step=0.05,
+                                                 value=d.downsample_stop, elem_id=_elem(script, "downsample_stop"),
+                                                 info="fraction of the steps; 1 = never stop")
         with FormRow(elem_classes=["dato-row"]):
             c["schedule"] = schedule_dropdown("schedule", d.schedule, "Cache schedule")
             refresh = ToolButton(value="\U0001f504", elem_id=_elem(script, "refresh"))
