@@ -230,3 +230,25 @@ def test_an_exception_mid_forward_leaves_the_unet_exact(xl):
     assert module_state(xl) == before
     with torch.no_grad():
         assert torch.equal(xl(x, torch.full((1,), 999.0), context=c, y=y), ref)
+
+
+# ------------------------------------------------------- across architectures
+
+def test_depths_up_to_8_mean_the_same_resolutions_on_sd1_and_sdxl():
+    """Why a schedule runs unchanged across architectures: the cached branch works at the same resolutions."""
+    from dato.core.layout import SD1_LAYOUT
+
+    for depth in range(SDXL_LAYOUT.max_depth + 1):
+        sd1, sdxl = ([lay.block_ds(r) for r in lay.computed_blocks(depth)] for lay in (SD1_LAYOUT, SDXL_LAYOUT))
+        assert sd1 == sdxl
+
+
+def test_an_sd1_schedule_deeper_than_sdxl_is_refused_with_both_architectures_named(xl):
+    deep = Schedule("sd1-deep", (FULL, 10, 0), (0.0,) * 3, "none", provenance={"layout": "sd1"})
+    with pytest.raises(ValueError, match=r"cache depth 10 is outside 0..8 for this SDXL \(9-block\) UNet: schedule "
+                                         r"'sd1-deep', written for sd1 is refused, not converted"):
+        dato.apply_patch(xl, deep)
+    assert dato.get_patch(xl) is None
+    for preset in dato.find_schedules():  # every shipped preset runs on SDXL as written
+        dato.apply_patch(xl, preset)
+        dato.remove_patch(xl)

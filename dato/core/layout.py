@@ -27,6 +27,7 @@ __all__ = [
     "DEEPEST_KNOWN_DEPTH",
     "DEFAULT_LAYOUT",
     "KNOWN_LAYOUTS",
+    "LAYOUT_LABELS",
     "SD1_LAYOUT",
     "SDXL_LAYOUT",
     "UNetLayout",
@@ -114,6 +115,11 @@ class UNetLayout:
         return family_of(self)
 
     @property
+    def label(self) -> str:
+        """How messages name this layout: ``SD1.x/2.x (12-block)``, ``SDXL (9-block)``, or its block count."""
+        return LAYOUT_LABELS.get(self.family, f"{self.num_input_blocks}-block")
+
+    @property
     def max_depth(self) -> int:
         """Deepest branch depth: everything but the middle block computed."""
         return self.num_input_blocks - 1
@@ -150,7 +156,7 @@ class UNetLayout:
 
     def check_depth(self, depth: int) -> None:
         if not 0 <= depth <= self.max_depth:
-            raise ValueError(f"cache depth {depth} is outside 0..{self.max_depth} for this UNet")
+            raise ValueError(f"cache depth {depth} is outside 0..{self.max_depth} for this {self.label} UNet")
 
 
 def block_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -235,6 +241,10 @@ SDXL_LAYOUT = UNetLayout(
 #: The layouts this engine supports, by family. Ranges and sliders shown before a model is loaded ask this
 #: table; once a model is loaded, ``UNetLayout.from_unet`` of that model decides.
 KNOWN_LAYOUTS: dict[str, UNetLayout] = {"sd1": SD1_LAYOUT, "sdxl": SDXL_LAYOUT}
+
+
+#: How messages name each family. SDXL's refiner (channel_mult 1/2/4/4) has the 12-block layout of SD1.x.
+LAYOUT_LABELS: dict[str, str] = {"sd1": "SD1.x/2.x (12-block)", "sdxl": "SDXL (9-block)"}
 
 
 def family_of(layout: UNetLayout) -> str:

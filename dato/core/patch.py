@@ -188,9 +188,7 @@ class DatoPatch:
         self._hooks: list[Any] = []
         self._resampled: dict[int, Schedule] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
-        for action in set(schedule.cache):
-            if action >= 0:
-                self.layout.check_depth(action)
+        self._check_schedule_fits(schedule)
         self.stored_blocks = {self.layout.cached_feature_block(a) for a in schedule.cache if a >= 0}
         if REUSE in schedule.cache:
             self.stored_blocks.add("out")
@@ -199,6 +197,21 @@ class DatoPatch:
         finest = min((ds for _, ds, _ in found), default=1)
         self.token_blocks = [(role, ds, block) for role, ds, block in found if ds <= finest * options.max_downsample]
         self.uses_tokens = options.method != "none" and any(r > 0 for r in schedule.ratio)
+
+    def _check_schedule_fits(self, schedule: Schedule) -> None:
+        """Depths count blocks from the image side: on SD1.x and SDXL depths 0..8 cache the same resolutions,
+        so a schedule runs unchanged on either; a depth the loaded UNet lacks is refused, never converted."""
+        deepest = schedule.max_cache_depth
+        if deepest <= self.layout.max_depth:
+            return
+        layout = self.layout
+        written = schedule.provenance.get("layout")
+        written = f", written for {written}" if written else ""
+        raise ScheduleError(
+            f"cache depth {deepest} is outside 0..{layout.max_depth} for this {layout.label} UNet: schedule "
+            f"{schedule.name!r}{written} is refused, not converted (its deepest branch has no counterpart here); "
+            f"use a schedule with depths 0..{layout.max_depth}"
+        )
 
     # ------------------------------------------------------------ install
     def install(self, unet: torch.nn.Module) -> None:
