@@ -30,7 +30,8 @@ import torch
 from dato.core.layout import UNetLayout, block_modules
 
 __all__ = ["sd15_unet_config", "tiny_unet_config", "sdxl_unet_config", "tiny_sdxl_unet_config", "build_unet",
-           "randomize_zero_init", "load_unet_from_checkpoint", "is_sdxl_config"]
+           "randomize_zero_init", "load_unet_from_checkpoint", "is_sdxl_config", "size_vector_width",
+           "sdxl_size_vector", "supply_size_vector"]
 
 
 def sd15_unet_config() -> dict[str, Any]:
@@ -217,3 +218,44 @@ def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None
         raise ValueError(f"{path}: UNet weights do not match the config (missing {len(missing)}, "
                          f"unexpected {len(unexpected)}; e.g. {(missing or unexpected)[:3]})")
     return unet.to(dtype).eval().requires_grad_(False)
+
+
+def size_vector_width(unet: torch.nn.Module) -> int | None:
+    """``adm_in_channels`` of an SDXL-style UNet (the width of ``y``), ``None`` for a UNet without a size vector."""
+    if getattr(unet, "num_classes", None) != "sequential":
+        return None
+    return next(m for m in unet.label_emb.modules() if isinstance(m, torch.nn.Linear)).in_features
+
+
+def sdxl_size_vector(width: int, height: int, image_width: int, seed: int = 0) -> torch.Tensor:
+    """A ``(1, width)`` ``y`` for a model without its text encoders.
+
+    For SDXL base (``width`` 2816) it is laid out as sgm's conditioner makes it: 256-wide sinusoidal embeddings
+    of original size (h, w), crop (0, 0) and target size (h, w) (1536), then the pooled CLIP-G text embedding
+    (1280), here a fixed seeded vector. Any other width (toy configs) is one seeded random vector.
+    """
+    gen = torch.Generator().manual_seed(seed + 2816)
+    if width != 2816:
+        return torch.randn(1, width, generator=gen)
+    from ldm.modules.diffusionmodules.util import timestep_embedding
+
+    sizes = torch.tensor([height, image_width, 0, 0, height, image_width], dtype=torch.float32)
+    fourier = timestep_embedding(sizes, 256).reshape(1, -1)
+    return torch.cat([fourier, torch.randn(1, 1280, generator=gen)], dim=1)
+
+
+def supply_size_vector(unet: torch.nn.Module, vector: torch.Tensor):
+    """Give every call of ``unet`` that passes no ``y`` this ``(1, width)`` size vector (expanded to the batch).
+
+    The samplers, the benchmark and the generators call ``unet(x, t, context=...)`` as for SD1.x; SDXL's
+    UNet also needs ``y``. Returns the hook handle (``.remove()`` takes it off).
+    """
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict):
+        if kwargs.get("y") is not None or len(args) > 3:
+            return None
+        x = args[0] if args else kwargs["x"]
+        y = vector.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1)
+        return args, {**kwargs, "y": y}
+
+    return unet.register_forward_pre_hook(hook, with_kwargs=True)
