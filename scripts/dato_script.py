@@ -85,7 +85,7 @@ def _on_app_started(demo, app):
 
 
 def _on_model_loaded(sd_model):
-    RUNTIME.remove("a model was loaded")
+    RUNTIME.follow_model(sd_model)
 
 
 def _on_infotext_pasted(infotext, params):

@@ -63,3 +63,18 @@ def make_inputs(batch: int = 2, height: int = 16, width: int = 16, seed: int = 0
     x = torch.randn(batch, 4, height, width, generator=gen)
     context = torch.randn(batch, context_len, 32, generator=gen)
     return x, context
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_unet() -> torch.nn.Module:
+    """SDXL base's block topology (9/1/9, attention at ds 2/4 only, transformer depth 0/1/2, size vector ``y``)."""
+    from dato.evaluation.models import tiny_sdxl_unet_config
+
+    return build_unet(tiny_sdxl_unet_config(), seed=0)
+
+
+def make_sdxl_inputs(batch: int = 2, height: int = 16, width: int = 16, seed: int = 0, context_len: int = 7):
+    """Latent, context and the size vector ``y`` (``adm_in_channels`` = 16 in the tiny config)."""
+    x, context = make_inputs(batch, height, width, seed, context_len)
+    y = torch.randn(batch, 16, generator=torch.Generator().manual_seed(seed + 7))
+    return x, context, y

@@ -311,12 +311,12 @@ def test_model_holders_are_accepted(unet):
 
 
 def test_unsupported_models_get_a_clear_error():
-    with pytest.raises(UnsupportedModelError, match="1.x/2.x ldm UNets only; got torch.nn.modules.linear.Linear"):
+    with pytest.raises(UnsupportedModelError, match=r"\(ldm\) and SDXL \(sgm\) only; got torch.nn.modules.linear"):
         dato.apply_patch(torch.nn.Linear(2, 2))
-    fake_sgm = type("UNetModel", (torch.nn.Module,), {"__module__": "sgm.modules.diffusionmodules.openaimodel"})()
-    fake_sgm.input_blocks = torch.nn.ModuleList()
-    with pytest.raises(UnsupportedModelError, match="SDXL"):
-        dato.apply_patch(fake_sgm)
+    empty = type("UNetModel", (torch.nn.Module,), {"__module__": "sgm.modules.diffusionmodules.openaimodel"})()
+    empty.input_blocks = torch.nn.ModuleList()
+    with pytest.raises(UnsupportedModelError, match="SDXL \\(sgm\\) only; got sgm.modules"):
+        dato.apply_patch(empty)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

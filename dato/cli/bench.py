@@ -13,9 +13,13 @@ from dato.cli.common import check_output_dir, existing_file, int_range, path_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", type=existing_file, help="an SD1.x .safetensors/.ckpt; default: built-in "
-                                                          "SD1.5-architecture UNet, random weights")
-    parser.add_argument("--model", choices=("sd15", "tiny"), default="sd15", help=argparse.SUPPRESS)
+    parser.add_argument("--ckpt", type=existing_file, help="an SD1.x or SDXL base .safetensors/.ckpt; default: "
+                                                          "built-in UNet of --arch, random weights")
+    parser.add_argument("--arch", choices=("sd1", "sdxl"), default=None,
+                        help="built-in UNet: sd1 (SD1.5 architecture, default) or sdxl (SDXL base architecture; "
+                             "about 10 GB of memory in float32)")
+    parser.add_argument("--model", choices=("sd15", "tiny", "sdxl", "tiny-sdxl"), default=None,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--size", type=pixel_size, default=None,
                         help="image size in pixels, a multiple of 64 (default 512; 128 with --quick)")
     parser.add_argument("--steps", type=steps_int(2), default=None, help="sampling steps (default 50; 10 with "
@@ -46,7 +50,7 @@ def config_from_args(args: argparse.Namespace):
         return value if value is not None else (quick_default if quick else default)
 
     return BenchConfig(
-        model=args.ckpt or args.model,
+        model=args.ckpt or args.model or {"sdxl": "sdxl"}.get(args.arch, "sd15"),
         size=given(args.size, 128, 512),
         steps=given(args.steps, 10, 50),
         sampler=args.sampler,
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"bench-{config.model if config.model in ('sd15', 'tiny') else 'ckpt'}-{config.size}px-{stamp}.json"
+    name = config.model if config.model in ("sd15", "tiny", "sdxl", "tiny-sdxl") else "ckpt"
+    path = out / f"bench-{name}-{config.size}px-{stamp}.json"
 
     def write(report: BenchReport) -> None:
         path.write_text(json.dumps(asdict(report), indent=1, default=str))

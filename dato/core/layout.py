@@ -8,10 +8,12 @@ Branch depth ``d`` (DeepCache's term): a cached step computes
 ``input_blocks[0..d]`` and ``output_blocks[n-1-d..n-1]``; the feature entering
 ``output_blocks[n-1-d]`` from below (the output of ``output_blocks[n-2-d]``, or of
 the middle block when ``d = n-1``) comes from the cache, the skip connection from
-``input_blocks[d]`` is fresh. SD1.x has ``n = 12``, so depths run 0..11.
+``input_blocks[d]`` is fresh. SD1.x has ``n = 12``, so depths run 0..11; SDXL
+(sgm) has ``n = 9``, depths 0..8.
 
 Blocks are recognised by class *name*, never by import, so the engine works on
-the WebUI's ldm copy, on ``stable-diffusion-sdkit``'s and on forks alike.
+the WebUI's ldm copy, on ``stable-diffusion-sdkit``'s, on sgm's ``UNetModel``
+(SDXL: the same forward and block classes as ldm's) and on forks alike.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ __all__ = [
     "DEEPEST_KNOWN_DEPTH",
     "DEFAULT_LAYOUT",
     "KNOWN_LAYOUTS",
+    "LAYOUT_LABELS",
     "SD1_LAYOUT",
+    "SDXL_LAYOUT",
     "UNetLayout",
     "UnsupportedModelError",
     "block_modules",
+    "family_of",
     "find_unet",
+    "finest_attention_ds",
     "highest_resolution_transformer",
     "isinstance_str",
     "role_of",
@@ -47,37 +53,26 @@ def isinstance_str(obj: object, class_name: str) -> bool:
 
 
 def find_unet(model: torch.nn.Module) -> torch.nn.Module:
-    """Return the ldm ``UNetModel`` inside ``model``.
+    """Return the ``UNetModel`` (ldm: SD1.x/2.x; sgm: SDXL) inside ``model``.
 
-    Accepts the UNet itself, a ``DiffusionWrapper`` (``.diffusion_model``) or a
-    ``LatentDiffusion`` (``.model.diffusion_model``), the objects a WebUI user holds.
-    Anything else gets a message that says what was expected, because SDXL (sgm),
-    diffusers pipelines and Forge's backend look similar from afar.
+    Accepts the UNet itself, a ``DiffusionWrapper`` / sgm ``OpenAIWrapper`` (``.diffusion_model``) or a
+    ``LatentDiffusion`` / sgm ``DiffusionEngine`` (``.model.diffusion_model``), the objects a WebUI user holds.
+    Anything else gets a message that says what was expected, because diffusers pipelines and Forge's
+    backend look similar from afar.
     """
     candidates = [model, getattr(model, "diffusion_model", None)]
     inner = getattr(model, "model", None)
     if inner is not None:
         candidates.append(getattr(inner, "diffusion_model", None))
     for cand in candidates:
-        if cand is not None and isinstance_str(cand, "UNetModel") and hasattr(cand, "input_blocks"):
-            if not _is_ldm_unet(cand):
-                break
+        if cand is not None and isinstance_str(cand, "UNetModel") and hasattr(cand, "input_blocks") \
+                and hasattr(cand, "output_blocks"):
             return cand
     kind = type(model).__module__ + "." + type(model).__name__
     raise UnsupportedModelError(
-        f"sd-webui-dato supports Stable Diffusion 1.x/2.x ldm UNets only; got {kind}. "
-        "SDXL (sgm), diffusers pipelines and Forge's backend are not supported."
+        f"sd-webui-dato supports the UNets of Stable Diffusion 1.x/2.x (ldm) and SDXL (sgm) only; got {kind}. "
+        "diffusers pipelines and Forge's backend are not supported."
     )
-
-
-def _is_ldm_unet(unet: torch.nn.Module) -> bool:
-    """sgm's SDXL UNet is also called UNetModel; ldm's lives in an ``ldm.`` module."""
-    module = type(unet).__module__
-    for cls in type(unet).__mro__:
-        if cls.__name__ == "UNetModel":
-            module = cls.__module__
-            break
-    return not module.startswith("sgm.")
 
 
 @dataclass(frozen=True)
@@ -113,6 +108,16 @@ class UNetLayout:
             if any(isinstance_str(m, "Upsample") for m in block.children()):
                 ds //= 2
         return cls(len(inputs), len(outputs), tuple(input_ds), tuple(output_ds), middle_ds)
+
+    @property
+    def family(self) -> str:
+        """The name of this layout in :data:`KNOWN_LAYOUTS` (``sd1``, ``sdxl``), or ``custom``."""
+        return family_of(self)
+
+    @property
+    def label(self) -> str:
+        """How messages name this layout: ``SD1.x/2.x (12-block)``, ``SDXL (9-block)``, or its block count."""
+        return LAYOUT_LABELS.get(self.family, f"{self.num_input_blocks}-block")
 
     @property
     def max_depth(self) -> int:
@@ -151,7 +156,7 @@ class UNetLayout:
 
     def check_depth(self, depth: int) -> None:
         if not 0 <= depth <= self.max_depth:
-            raise ValueError(f"cache depth {depth} is outside 0..{self.max_depth} for this UNet")
+            raise ValueError(f"cache depth {depth} is outside 0..{self.max_depth} for this {self.label} UNet")
 
 
 def block_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -178,13 +183,22 @@ def transformer_blocks(unet: torch.nn.Module, layout: UNetLayout) -> list[tuple[
     return found
 
 
-def highest_resolution_transformer(unet: torch.nn.Module) -> torch.nn.Module:
-    """The first ``BasicTransformerBlock`` at the finest level that has attention (where token methods act)."""
-    found = transformer_blocks(unet, UNetLayout.from_unet(unet))
+def finest_attention_ds(unet: torch.nn.Module, layout: UNetLayout | None = None) -> int:
+    """Downsample factor of the highest-resolution level that has attention: 1 on SD1.x, 2 on SDXL.
+
+    Token methods count their levels from here: ``max_downsample = 1`` means this level only.
+    """
+    found = transformer_blocks(unet, layout or UNetLayout.from_unet(unet))
     if not found:
         raise UnsupportedModelError("this UNet has no transformer block")
-    finest = min(ds for _, ds, _ in found)
-    return next(block for _, ds, block in found if ds == finest)
+    return min(ds for _, ds, _ in found)
+
+
+def highest_resolution_transformer(unet: torch.nn.Module) -> torch.nn.Module:
+    """The first ``BasicTransformerBlock`` at the finest level that has attention (where token methods act)."""
+    layout = UNetLayout.from_unet(unet)
+    finest = finest_attention_ds(unet, layout)
+    return next(block for _, ds, block in transformer_blocks(unet, layout) if ds == finest)
 
 
 _ROLE_RE = re.compile(r"^(input_blocks\.(\d+)|middle_block|output_blocks\.(\d+)|out|time_embed|label_emb)")
@@ -213,9 +227,29 @@ SD1_LAYOUT = UNetLayout(
     middle_ds=8,
 )
 
+#: SDXL (sgm, ``sd_xl_base.yaml`` and the refiner): 9 input blocks (a Downsample closes levels 1-2), middle,
+#: 9 output blocks; attention only at downsample 2 and 4. A test checks it equals ``UNetLayout.from_unet`` of
+#: a UNet with SDXL base's topology.
+SDXL_LAYOUT = UNetLayout(
+    num_input_blocks=9,
+    num_output_blocks=9,
+    input_ds=(1, 1, 1, 1, 2, 2, 2, 4, 4),
+    output_ds=(4, 4, 4, 2, 2, 2, 1, 1, 1),
+    middle_ds=4,
+)
+
 #: The layouts this engine supports, by family. Ranges and sliders shown before a model is loaded ask this
 #: table; once a model is loaded, ``UNetLayout.from_unet`` of that model decides.
-KNOWN_LAYOUTS: dict[str, UNetLayout] = {"sd1": SD1_LAYOUT}
+KNOWN_LAYOUTS: dict[str, UNetLayout] = {"sd1": SD1_LAYOUT, "sdxl": SDXL_LAYOUT}
+
+
+#: How messages name each family. SDXL's refiner (channel_mult 1/2/4/4) has the 12-block layout of SD1.x.
+LAYOUT_LABELS: dict[str, str] = {"sd1": "SD1.x/2.x (12-block)", "sdxl": "SDXL (9-block)"}
+
+
+def family_of(layout: UNetLayout) -> str:
+    """``sd1``, ``sdxl`` or ``custom`` (a UNet of another topology: it still patches, by its own layout)."""
+    return next((name for name, known in KNOWN_LAYOUTS.items() if known == layout), "custom")
 
 #: What ranges and sliders offer before a model is loaded.
 DEFAULT_LAYOUT = SD1_LAYOUT

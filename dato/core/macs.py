@@ -44,6 +44,8 @@ class UNetCost:
     def __init__(self, ops: list[_Op], layout: UNetLayout) -> None:
         self.ops = ops
         self.layout = layout
+        # token levels count from the finest level that has attention (ds 1 on SD1.x, 2 on SDXL), as in the patch
+        self.finest_ds = min((op.ds for op in ops if op.self_attn_part == "core"), default=1)
 
     def call_macs(self, height: int, width: int, action: int = FULL, ratio: float = 0.0,
                   method: str = "none", max_downsample: int = 1, prune_variant: str = "shared-plan",
@@ -65,7 +67,8 @@ class UNetCost:
             if op.role not in computed:
                 continue
             n = _positions(height, width, op.ds)
-            reduce = ratio > 0 and method != "none" and op.self_attn_part != "" and 0 < op.ds <= max_downsample
+            reduce = ratio > 0 and method != "none" and op.self_attn_part != "" \
+                and 0 < op.ds <= self.finest_ds * max_downsample
             if not reduce:
                 keys = n if op.self_attn_part else op.key_len
                 total += op.per_position * n * (keys if op.kind == "attn" else 1)
@@ -207,13 +210,23 @@ def _trace(unet: torch.nn.Module, context_len: int, trace_size: int) -> UNetCost
             ctx_dim = _context_dim(unet)
             context = torch.zeros(1, context_len, ctx_dim, dtype=param.dtype, device=param.device)
             kwargs = {"context": context}
-            if getattr(unet, "num_classes", None) is not None:
-                kwargs["y"] = torch.zeros(1, dtype=torch.long, device=param.device)
+            kwargs.update(_class_input(unet, param))
             unet(x, t, **kwargs)
     finally:
         for h in handles:
             h.remove()
     return UNetCost(ops, layout)
+
+
+def _class_input(unet: torch.nn.Module, param: torch.Tensor) -> dict:
+    """The ``y`` a class-conditional UNet needs: SDXL's size vector (sgm ``num_classes='sequential'``) or a label."""
+    num_classes = getattr(unet, "num_classes", None)
+    if num_classes is None:
+        return {}
+    if num_classes == "sequential":
+        width = next(m for m in unet.label_emb.modules() if isinstance(m, torch.nn.Linear)).in_features
+        return {"y": torch.zeros(1, width, dtype=param.dtype, device=param.device)}
+    return {"y": torch.zeros(1, dtype=torch.long, device=param.device)}
 
 
 def _ds_from_tokens(tokens: int, trace_size: int) -> int:

@@ -209,17 +209,30 @@ class DatoPatch:
         self._hooks: list[Any] = []
         self._resampled: dict[int, Schedule] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
-        for action in set(schedule.cache):
-            if action >= 0:
-                self.layout.check_depth(action)
+        self._check_schedule_fits(schedule)
         self.stored_blocks = {self.layout.cached_feature_block(a) for a in schedule.cache if a >= 0}
         if REUSE in schedule.cache:
             self.stored_blocks.add("out")
-        self.token_blocks = [
-            (role, ds, block) for role, ds, block in transformer_blocks(unet, self.layout)
-            if ds <= options.max_downsample
-        ]
+        found = transformer_blocks(unet, self.layout)
+        # token levels count from the finest level that has attention: ds 1 on SD1.x, 2 on SDXL (sgm)
+        finest = min((ds for _, ds, _ in found), default=1)
+        self.token_blocks = [(role, ds, block) for role, ds, block in found if ds <= finest * options.max_downsample]
         self.uses_tokens = options.method != "none" and any(r > 0 for r in schedule.ratio)
+
+    def _check_schedule_fits(self, schedule: Schedule) -> None:
+        """Depths count blocks from the image side: on SD1.x and SDXL depths 0..8 cache the same resolutions,
+        so a schedule runs unchanged on either; a depth the loaded UNet lacks is refused, never converted."""
+        deepest = schedule.max_cache_depth
+        if deepest <= self.layout.max_depth:
+            return
+        layout = self.layout
+        written = schedule.provenance.get("layout")
+        written = f", written for {written}" if written else ""
+        raise ScheduleError(
+            f"cache depth {deepest} is outside 0..{layout.max_depth} for this {layout.label} UNet: schedule "
+            f"{schedule.name!r}{written} is refused, not converted (its deepest branch has no counterpart here); "
+            f"use a schedule with depths 0..{layout.max_depth}"
+        )
 
     # ------------------------------------------------------------ install
     def install(self, unet: torch.nn.Module) -> None:
@@ -463,7 +476,8 @@ def apply_patch(
       ``none``; default: the schedule's.
     * ``ratio``: a constant or per-step token ratio replacing the schedule's.
     * ``steps``: step count for the ``auto`` clock (default: the schedule's).
-    * ``max_downsample``: token reduction on levels with at most this downsample factor (1 = 64x64 at 512 px).
+    * ``max_downsample``: token reduction on the finest level that has attention (1; 64x64 at 512 px on SD1.x,
+      at 1024 px on SDXL) and on levels up to this factor coarser (2, 4, 8).
     * ``seed``, ``noise_alpha``, ``align_cfg``: DaTo base-token noise and cond/uncond alignment;
       ``use_rand``: ToMe's random dst cell (off = top-left, as tomesd's ``use_rand=False``).
     * ``clock``: ``auto`` (derived from timesteps) or ``manual`` (call :func:`set_step`).

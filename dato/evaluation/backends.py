@@ -90,6 +90,7 @@ class StandaloneBackend:
         patch_seed: int = 0,
         info: dict[str, Any] | None = None,
         sample_fn: Callable[..., torch.Tensor] | None = None,
+        size_vector: torch.Tensor | None = None,
     ) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler = {sampler!r}, expected one of {', '.join(SAMPLERS)}")
@@ -109,6 +110,14 @@ class StandaloneBackend:
         self.patch_seed = patch_seed
         self.info = dict(info or {})
         self.sample_fn = sample_fn  # default: dato.evaluation.sampling.sample (same signature)
+        # SDXL: the ``y`` every call of this backend's UNet gets when its caller passes none (cond and uncond
+        # alike, as A1111 does unless a negative size is set). A hook on the UNet for the backend's lifetime, so
+        # it also reaches a gated UNet's calls and their recomputation during backward (gate training).
+        self.size_vector = size_vector
+        if size_vector is not None:
+            from dato.evaluation.models import supply_size_vector
+
+            self._size_hook = supply_size_vector(unet, size_vector)
         param = next(unet.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._context_len: int | None = None
@@ -199,24 +208,32 @@ def builtin_backend(latent_size: int = 16, steps: int = 8, sampler: str = "euler
                     sample_fn: Callable[..., torch.Tensor] | None = None) -> StandaloneBackend:
     """A random-weight ldm UNet at a small latent size; no text encoder, no VAE.
 
-    ``model="sd15"``: SD1.5's UNet (860M parameters); ``"tiny"``: the same topology at toy width (tests).
+    ``model="sd15"``: SD1.5's UNet (860M parameters); ``"tiny"``: the same topology at toy width (tests);
+    ``"sdxl"``: SDXL base's UNet (2.6G parameters, 77 x 2048 context, size vector ``y``); ``"tiny-sdxl"``:
+    SDXL's topology at toy width.
     Prompts become fixed pseudo-embeddings, so different prompts still condition differently; quality is
     latent fidelity (there are no pixels). It shows the whole search path, not image quality.
     """
-    from dato.evaluation.models import build_unet, sd15_unet_config, tiny_unet_config
+    from dato.evaluation import models
 
-    if model not in ("sd15", "tiny"):
-        raise ValueError(f"built-in model = {model!r}, expected 'sd15' or 'tiny'")
-    config = sd15_unet_config() if model == "sd15" else tiny_unet_config()
-    unet = build_unet(config, seed=model_seed)
-    length, dim = (77, 768) if model == "sd15" else (7, int(config["context_dim"]))
+    configs = {"sd15": models.sd15_unet_config, "tiny": models.tiny_unet_config, "sdxl": models.sdxl_unet_config,
+               "tiny-sdxl": models.tiny_sdxl_unet_config}
+    if model not in configs:
+        raise ValueError(f"built-in model = {model!r}, expected one of {', '.join(configs)}")
+    config = configs[model]()
+    unet = models.build_unet(config, seed=model_seed)
+    length, dim = (77, int(config["context_dim"])) if model in ("sd15", "sdxl") else (7, int(config["context_dim"]))
+    y_width = models.size_vector_width(unet)
+    size_vector = None if y_width is None else models.sdxl_size_vector(y_width, latent_size * 8, latent_size * 8)
+    names = {"sd15": "SD1.5-shaped", "tiny": "tiny SD1-topology", "sdxl": "SDXL-base-shaped",
+             "tiny-sdxl": "tiny SDXL-topology"}
     return StandaloneBackend(
         unet, steps=steps, latent_shape=(4, latent_size, latent_size),
         encode=lambda prompts: torch.stack([_pseudo_embedding(p, length, dim) for p in prompts]),
         null_context=lambda n: _pseudo_embedding("", length, dim).expand(n, length, dim),
         sampler=sampler, cfg_scale=cfg_scale, alphas_cumprod=_sd_alphas(), batch_size=batch_size,
-        max_downsample=max_downsample, sample_fn=sample_fn,
-        info={"model_name": f"built-in random {'SD1.5-shaped' if model == 'sd15' else 'tiny SD1-topology'} UNet",
+        max_downsample=max_downsample, sample_fn=sample_fn, size_vector=size_vector,
+        info={"model_name": f"built-in random {names[model]} UNet",
               "model_hash": f"builtin-{model}-seed{model_seed}", "conditioning": "pseudo-embeddings (no text encoder)"},
     )
 

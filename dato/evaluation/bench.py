@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from dato.core import macs as macs_mod
 from dato.core import tokens
-from dato.core.layout import find_unet, highest_resolution_transformer, isinstance_str
+from dato.core.layout import find_unet, finest_attention_ds, highest_resolution_transformer, isinstance_str
 from dato.core.patch import apply_patch, remove_patch, set_step
 from dato.core.schedule import FULL, REUSE, Schedule, find_schedules
 from dato.evaluation.progress import Progress, format_duration
@@ -52,7 +52,7 @@ TOMESD_RATIOS = (0.3, 0.5)
 
 @dataclass
 class BenchConfig:
-    model: str = "sd15"  # sd15 | tiny | a checkpoint path
+    model: str = "sd15"  # sd15 | tiny | sdxl | tiny-sdxl | a checkpoint path (SD1.x or SDXL base)
     size: int = 512  # pixels (latent = size // 8)
     steps: int = 50
     sampler: str = "euler"
@@ -376,13 +376,26 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def load_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
     """The UNet to benchmark and its context width."""
-    from dato.evaluation.models import build_unet, load_unet_from_checkpoint, sd15_unet_config, tiny_unet_config
+    from dato.evaluation import models
 
-    if config.model == "sd15":
-        return build_unet(sd15_unet_config(), seed=config.seed), 768
-    if config.model == "tiny":
-        return build_unet(tiny_unet_config(), seed=config.seed), 32
-    return load_unet_from_checkpoint(config.model), 768
+    builtin = {"sd15": models.sd15_unet_config, "tiny": models.tiny_unet_config, "sdxl": models.sdxl_unet_config,
+               "tiny-sdxl": models.tiny_sdxl_unet_config}
+    if config.model in builtin:
+        unet = models.build_unet(builtin[config.model](), seed=config.seed)
+    else:
+        unet = models.load_unet_from_checkpoint(config.model)
+    width = models.size_vector_width(unet)
+    if width is not None:  # SDXL: every call in the benchmark gets the size vector of the benchmark size
+        models.supply_size_vector(unet, models.sdxl_size_vector(width, config.size, config.size, config.seed))
+    return unet, _context_width(unet)
+
+
+def _context_width(unet: torch.nn.Module) -> int:
+    """Cross-attention context width: 768 (SD1.x), 2048 (SDXL base), whatever a tiny config has."""
+    for module in unet.modules():
+        if hasattr(module, "to_k") and hasattr(module, "to_q") and module.to_k.in_features != module.to_q.in_features:
+            return module.to_k.in_features
+    return 768
 
 
 def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
@@ -394,6 +407,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
     unet = find_unet(unet)
     report = BenchReport(config=asdict(config), machine=_machine())
     variants = build_variants(config.steps, config.quick)
+    finest = finest_attention_ds(unet)  # 1 on SD1.x; 2 on SDXL, where tomesd (ds 1 only) does nothing
+    variants = [v for v in variants if not (v.peer == "tomesd" and finest > 1)]
     kinds = sorted({k for v in variants for k in step_kinds(v)}, key=lambda k: (k.peer, k.method, k.ratio, k.action))
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(2, unet.in_channels, config.latent, config.latent, generator=gen)
@@ -406,8 +421,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
             timers[attention] = time_kinds(KindTimer(unet, x, context, config.seed), kinds, config.repeats, log,
                                            attention, progress, estimates)
             levels = sum(1 for m in unet.modules() if isinstance_str(m, "BasicTransformerBlock")
-                         and _level_of(unet, m) == 1)
-            rows = token_overhead(unet, config.latent, 2, 0.5, config.repeats, levels)
+                         and _level_of(unet, m) == finest)
+            rows = token_overhead(unet, -(-config.latent // finest), 2, 0.5, config.repeats, levels)
             for row in rows:
                 row["attention"] = attention
             report.token_overhead.extend(rows)

@@ -87,6 +87,7 @@ class Runtime:
         self._stale = False
         # job threads (search renders, gate turns) call remove() too: one lock over the patch state
         self.lock = threading.RLock()
+        self._last_clock: tuple[int, int, int] | None = None  # the step the pass is at (for a mid-run model switch)
 
     # ----------------------------------------------------------------- state
     def job_key(self) -> tuple[float | None, bool]:
@@ -195,18 +196,18 @@ class Runtime:
                           hr_interval=h.interval, hr_depth=h.depth)
         return out
 
-    def before_sampling(self, p: Any) -> None:
-        """``process_before_every_sampling``: patch the current UNet for this pass."""
+    def before_sampling(self, p: Any, model: Any = None) -> None:
+        """``process_before_every_sampling``: patch the current UNet (or ``model``'s) for this pass."""
         run = self.run
         self.remove()
+        self._last_clock = None
         if run is None or run.p is not p:
             return
         plan = run.hires if getattr(p, "is_hr_pass", False) else run.first
         if plan is None:
             return
-        shared = _shared()
         try:
-            unet = dato.find_unet(shared.sd_model)
+            unet = dato.find_unet(_shared().sd_model if model is None else model)
         except dato.UnsupportedModelError as exc:  # e.g. a hires checkpoint of another kind
             tell(p, f"not applied to this pass: {exc}")
             return
@@ -268,7 +269,27 @@ class Runtime:
         p, step, total = denoiser_step(params)
         if p is not run.p:
             return
-        dato.set_step(unet, step, total, pass_index=1 if getattr(p, "is_hr_pass", False) else 0)
+        self._last_clock = (step, total, 1 if getattr(p, "is_hr_pass", False) else 0)
+        dato.set_step(unet, *self._last_clock)
+
+    def follow_model(self, sd_model: Any) -> None:
+        """``on_model_loaded`` during a run: the refiner switch (``refiner_checkpoint``, ``refiner_switch_at``)
+        or a checkpoint loaded mid-sampling. The pass's patch moves to the model that now samples, with fresh
+        caches (its next step is full: no feature of the other weights is reused); a model the engine cannot
+        patch stops it, and the comment under the image says so. Between runs a load just takes the patch off."""
+        run, last, had = self.run, self._last_clock, self._patch is not None
+        self.remove("a model was loaded")
+        if run is None or not had:
+            return
+        self.before_sampling(run.p, sd_model)
+        step = "its next step" if last is None else f"step {last[0] + 1}"
+        if self._patch is None:
+            tell(run.p, f"stopped at the model switch at {step}: the rest of this pass runs unaccelerated")
+            return
+        tell(run.p, f"a model was loaded mid-run at {step} (the refiner): the patch follows it, starting full")
+        if last is not None:
+            self._last_clock = last
+            dato.set_step(self._unet_ref(), *last)
 
     def end(self, p: Any) -> None:
         """``postprocess``: take the patch off and report what ran."""

@@ -47,7 +47,8 @@ HINTS = {
                 "saved or searched schedules follow; 🔄 rescans the folders.",
     "interval": "uniform: a full step every N steps (DeepCache's N). Larger is faster.",
     "depth": "uniform: how much of the UNet a cached step still computes (0 = shallowest, fastest).",
-    "max_downsample": "Which resolution levels get token reduction: the 64×64 level at 512 px, or deeper too.",
+    "max_downsample": "Which resolution levels get token reduction: the finest level with attention (64×64: SD1.x "
+                      "at 512 px, SDXL at 1024 px), or deeper too.",
     "prune_variant": "faithful = as the DaTo paper (per block, restore from the most similar kept token); "
                      "base-restore and shared-plan are cheaper shortcuts. See docs/design.md.",
     "todo": "ToDo downsample only: keys/values on an int(h / factor) grid, as the ToDo extension; "

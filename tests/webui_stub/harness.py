@@ -51,6 +51,36 @@ class FakeLatentDiffusion(torch.nn.Module):
         return self.model.diffusion_model(x, t, context=cond)
 
 
+class FakeSDXL(torch.nn.Module):
+    """Shaped like sgm's ``DiffusionEngine`` as A1111 v1.10.1 holds an SDXL checkpoint: ``is_sdxl``, a
+    ``conditioner``, ``.model.diffusion_model`` the sgm UNet, conds as ``{"crossattn", "vector"}`` dicts
+    (``sd_models_xl.apply_model`` -> ``OpenAIWrapper``: ``diffusion_model(x, timesteps=t, context=..., y=...)``)."""
+
+    is_sdxl = True
+    is_sd1 = is_sd2 = False
+    cond_stage_key = "txt"
+
+    def __init__(self, unet: torch.nn.Module, context_dim: int = 32, adm_in_channels: int = 16,
+                 name: str = "tiny-xl") -> None:
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = unet
+        self.model.conditioning_key = "crossattn"
+        self.conditioner = torch.nn.Module()
+        self.context_dim = context_dim
+        self.adm_in_channels = adm_in_channels
+        self.sd_model_hash = name
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, timesteps=t, context=cond["crossattn"], y=cond["vector"])
+
+
+def make_sdxl_model(seed: int = 0, name: str = "tiny-xl") -> FakeSDXL:
+    from dato.evaluation.models import build_unet, tiny_sdxl_unet_config
+
+    return FakeSDXL(build_unet(tiny_sdxl_unet_config(), seed=seed), name=name)
+
+
 def make_model(seed: int = 0, name: str = "tiny") -> FakeLatentDiffusion:
     from dato.evaluation.models import build_unet, tiny_unet_config
 
@@ -190,4 +220,5 @@ def host(model, tmp_path):
     dato.remove_patch(model)
 
 
-__all__ = ["FakeLatentDiffusion", "Host", "fresh_host", "host", "make_model", "model", "runtime", "sd_models"]
+__all__ = ["FakeLatentDiffusion", "FakeSDXL", "Host", "fresh_host", "host", "make_model", "make_sdxl_model", "model",
+           "runtime", "sd_models"]

@@ -89,6 +89,10 @@ class StableDiffusionProcessing:
         context_dim = shared.sd_model.context_dim
         cond = torch.randn(self.batch_size, 7, context_dim, generator=gen)
         uncond = torch.randn(self.batch_size, 7, context_dim, generator=gen)
+        if getattr(shared.sd_model, "is_sdxl", False):  # sgm conditioner output: cross-attention + size vector
+            width = shared.sd_model.adm_in_channels
+            vector = torch.randn(self.batch_size, width, generator=gen)
+            return {"crossattn": cond, "vector": vector}, {"crossattn": uncond, "vector": vector.clone()}
         return cond, uncond
 
     def noise(self, shape):

@@ -12,6 +12,13 @@ from modules.script_callbacks import AfterCFGCallbackParams, CFGDenoisedParams, 
 from modules.shared import state
 
 
+def catenate_conds(conds):
+    """As the real one: tensors are concatenated, SDXL's dict conds key by key."""
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+
+
 class CFGDenoiser(torch.nn.Module):
     def __init__(self, sampler):
         super().__init__()
@@ -32,7 +39,7 @@ class CFGDenoiser(torch.nn.Module):
         x_in, sigma_in, cond, uncond = params.x, params.sigma, params.text_cond, params.text_uncond
         model = shared.sd_model
         if shared.opts.batch_cond_uncond:
-            x_out = model.apply_model(x_in, sigma_in, torch.cat([cond, uncond]))
+            x_out = model.apply_model(x_in, sigma_in, catenate_conds([cond, uncond]))
         else:
             x_out = torch.zeros_like(x_in)
             x_out[:batch_size] = model.apply_model(x_in[:batch_size], sigma_in[:batch_size], cond)
