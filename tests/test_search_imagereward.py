@@ -132,7 +132,8 @@ def test_without_the_package_the_search_falls_back_to_fidelity_or_stops(tmp_path
         with pytest.raises(ScorerUnavailable, match="image-reward package is not installed.*fidelity objective"):
             unavailable()
     else:  # installed: then the weights are what is missing (offline, empty folder)
-        with pytest.raises(ScorerUnavailable, match="downloads are off.*fidelity objective"):
+        with pytest.raises(ScorerUnavailable, match="needs ImageReward.pt and med_config.json in .*downloads are off"
+                                                    ".*fidelity objective"):
             unavailable()
     results = ScheduleSearch(_settings(tmp_path, run_id="fb", generations=1, population=4), backend,
                              scorer_loader=unavailable).run()
@@ -244,7 +245,7 @@ def standin(tmp_path, monkeypatch):
 
 def test_loader_builds_the_package_model_from_local_files_once_per_process(standin, tmp_path):
     files, tok = standin
-    with pytest.raises(ScorerUnavailable, match="ImageReward.pt is not in .* downloads are off"):
+    with pytest.raises(ScorerUnavailable, match="needs ImageReward.pt in .* downloads are off"):
         ir.load_imagereward(download_root=str(files), offline=True, tokenizer=str(tok))
     # random weights through the package's own class, saved where a download would have put them
     module = sys.modules["ImageReward.ImageReward"]
