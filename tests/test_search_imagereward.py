@@ -21,6 +21,7 @@ import importlib.util
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,8 @@ from dato.evaluation.backends import builtin_backend
 from dato.generators.search import ScheduleSearch, ScorerUnavailable, SearchSettings, imagereward_quality
 from dato.generators.search import imagereward as ir
 from dato.generators.search.objectives import Samples
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalScorer(torch.nn.Module):
@@ -309,3 +312,101 @@ def test_real_imagereward_class_with_random_weights_and_local_files(tmp_path):  
 
     rewards = model.score("a photo of a red fox", [Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
     assert len(rewards) == 2 and all(isinstance(r, float) for r in rewards)
+
+
+# ------------------------------------------------------------ what a user meets when something is missing or broken
+def test_without_the_package_the_message_is_the_hand_install_line_of_the_docs(monkeypatch):
+    """Under --skip-install, install.py never ran: the message gives the command docs/webui.md gives."""
+    for name in [n for n in sys.modules if n == "ImageReward" or n.startswith("ImageReward.")]:
+        monkeypatch.delitem(sys.modules, name)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] == "ImageReward" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib, "import_module", _no_image_reward(importlib.import_module))
+    with pytest.raises(ScorerUnavailable) as info:
+        ir.load_imagereward(offline=True)
+    line = f'-m pip install --no-deps --target "{ROOT / "deps"}" image-reward==1.5 fairscale==0.4.13'
+    assert line in str(info.value) and "--skip-install" in str(info.value)
+    docs = (ROOT / "docs" / "webui.md").read_text()
+    assert "-m pip install --no-deps --target extensions/sd-webui-dato/deps image-reward==1.5 fairscale==0.4.13" in docs
+
+
+def _no_image_reward(import_module):
+    def fake(name, *a):
+        if name.split(".")[0] == "ImageReward":
+            raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}", name="ImageReward")
+        return import_module(name, *a)
+
+    return fake
+
+
+def test_without_weights_or_network_one_message_names_both_files_and_the_folder(standin, tmp_path, monkeypatch):
+    _, tok = standin
+    import huggingface_hub
+
+    def no_network(**kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    empty = tmp_path / "empty"
+    with pytest.raises(ScorerUnavailable) as info:
+        ir.load_imagereward(download_root=str(empty), tokenizer=str(tok))
+    message = str(info.value)
+    assert message.count("\n") == 0 and "ImageReward.pt and med_config.json" in message
+    assert repr(str(empty)) in message and "download from THUDM/ImageReward failed (ConnectionError" in message
+    assert "fidelity objective" in message and ir._CACHE == {}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the environment's offline switch is honoured: no download tried
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("downloaded while offline"))
+    with pytest.raises(ScorerUnavailable, match="downloads are off"):
+        ir.load_imagereward(download_root=str(empty), tokenizer=str(tok))
+
+
+def _counting_builds(monkeypatch) -> list:
+    module = sys.modules["ImageReward.ImageReward"]
+    built: list = []
+    original = module.ImageReward
+
+    class Counting(original):
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(module, "ImageReward", Counting)
+    return built
+
+
+@pytest.mark.parametrize("damage", ["truncated", "html page", "a list", "refused by the WebUI"])
+def test_a_damaged_weights_file_is_one_clear_error_before_any_model_is_built(standin, tmp_path, monkeypatch,
+                                                                             damage):
+    files, tok = standin
+    ir.load_imagereward(download_root=str(files), offline=True, tokenizer=str(tok), random_weights=True)
+    ir.clear_cache()  # (the package module is imported now)
+    good = tmp_path / "good.pt"
+    torch.save({"mlp.weight": torch.zeros(1, 12)}, good)
+    target = files / "ImageReward.pt"
+    expected = "truncated or not a torch checkpoint"
+    if damage == "truncated":
+        target.write_bytes(good.read_bytes()[:200])
+    elif damage == "html page":
+        target.write_bytes(b"<html>Too Many Requests</html>")
+    elif damage == "a list":
+        torch.save([torch.zeros(1)], target)
+        expected = "hold a list, not a state dict"
+    else:
+        target.write_bytes(good.read_bytes())
+        monkeypatch.setattr(torch, "load", lambda *a, **k: None)  # modules/safe.py returns None when it refuses
+        expected = "the WebUI refused to read"
+    built = _counting_builds(monkeypatch)
+    with pytest.raises(ScorerUnavailable, match=f"{expected}.*download ImageReward.pt again.*fidelity objective"):
+        ir.load_imagereward(download_root=str(files), offline=True, tokenizer=str(tok))
+    assert built == [] and ir._CACHE == {}
+
+
+def test_a_tokenizer_folder_beside_the_weights_is_used(standin, tmp_path):
+    files, tok = standin
+    (files / "bert-base-uncased").mkdir()
+    (files / "bert-base-uncased" / "vocab.txt").write_text((tok / "vocab.txt").read_text())
+    model = ir.load_imagereward(download_root=str(files), offline=True, random_weights=True)
+    assert model.blip.tokenizer.vocab[-1] == "lighthouse"

@@ -40,15 +40,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ScorerUnavailable", "load_imagereward", "clear_cache", "HUB_REPO", "WEIGHTS_FILE", "MED_CONFIG_FILE",
-           "TOKENIZER_FOLDER"]
+           "TOKENIZER_FOLDER", "EXTENSION_DEPS"]
 
 HUB_REPO = "THUDM/ImageReward"
 WEIGHTS_FILE = "ImageReward.pt"
 MED_CONFIG_FILE = "med_config.json"
 TOKENIZER_FOLDER = "bert-base-uncased"  # optional, in the download folder: BLIP's tokenizer files
+EXTENSION_DEPS = Path(__file__).resolve().parents[3] / "deps"  # where install.py puts image-reward
 _INSTALL_HINT = (
-    "install it with `pip install --no-deps image-reward==1.5 fairscale==0.4.13` plus `timm` and "
-    "`transformers<4.56` (the WebUI already has torchvision, timm and transformers 4.30)"
+    "install.py installs it at the WebUI's start-up (not under --skip-install); by hand, with the WebUI's Python: "
+    f'`python -m pip install --no-deps --target "{EXTENSION_DEPS}" image-reward==1.5 fairscale==0.4.13`'
 )
 _FALLBACK_HINT = "or choose the fidelity objective, which needs no extra weights"
 
@@ -234,6 +235,8 @@ def _import_model_module() -> types.ModuleType:
     """``ImageReward.ImageReward`` (the module holding the model class), as lightly as possible."""
     if "ImageReward.ImageReward" in sys.modules:
         return sys.modules["ImageReward.ImageReward"]
+    if importlib.util.find_spec("ImageReward") is None and EXTENSION_DEPS.is_dir():
+        sys.path.append(str(EXTENSION_DEPS))  # as the WebUI glue does (scripts/dato_webui/deps.py); for the CLI
     try:
         return importlib.import_module("ImageReward.ImageReward")
     except ModuleNotFoundError as exc:
@@ -267,7 +270,8 @@ def _import_without_package_init(first_missing: str | None) -> types.ModuleType:
         missing = getattr(exc, "name", None) or str(exc)
         raise ScorerUnavailable(
             f"image-reward is installed but its model needs {missing!r} (the package itself also wanted "
-            f"{first_missing!r}); {_INSTALL_HINT}, {_FALLBACK_HINT}."
+            f"{first_missing!r}); the model needs torchvision, timm and transformers < 4.56 (the WebUI has them) "
+            f"and fairscale ({_INSTALL_HINT}), {_FALLBACK_HINT}."
         ) from exc
     finally:
         for name in stubs:
