@@ -33,12 +33,13 @@ class PipLaunch:
             raise RuntimeError(f"Couldn't install {desc}: {result.stderr[-2000:]}")
 
 
-def load_install_module(deps: Path):
-    """``install.py`` as a module, its ``DEPS`` pointed at ``deps``."""
+def load_install_module(deps: Path | None):
+    """``install.py`` as a module, its ``DEPS`` pointed at ``deps`` (left alone when ``None``)."""
     spec = importlib.util.spec_from_file_location("dato_install", ROOT / "install.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.DEPS = Path(deps)
+    if deps is not None:
+        module.DEPS = Path(deps)
     return module
 
 
