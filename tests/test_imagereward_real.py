@@ -348,3 +348,38 @@ print(json.dumps(dict(calls=launch.calls, before=before, after=after, file=modul
                             '"fairscale==0.4.13"']
     assert set(out["after"].splitlines()) <= set(out["before"].splitlines())
     assert out["file"].startswith(str(tmp_path / "deps")) and out["same"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ldm") is None, reason="the tiny fixture model needs ldm "
+                    "(stable-diffusion-sdkit, installed with --no-deps by make_venv.sh)")
+def test_a_search_optimises_the_real_imagereward_loaded_from_the_default_folder(release, tmp_path, monkeypatch):
+    """The engine's own loader call (no scorer passed in), the files where a download leaves them."""
+    from dato.evaluation.backends import builtin_backend
+    from dato.generators.search import ScheduleSearch, SearchSettings
+
+    root, _, _ = release
+    monkeypatch.setattr(ir, "default_download_root", lambda: root)  # ~/.cache/ImageReward
+    ir.clear_cache()
+    backend = builtin_backend(latent_size=8, steps=5, cfg_scale=3.0, model="tiny")
+    weight = torch.randn(3, 4, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.5
+
+    def decode(latents):  # a fixed random 'VAE decoder' so the latent-only fixture model makes images
+        x = torch.nn.functional.conv2d(latents.float(), weight)
+        return torch.sigmoid(torch.nn.functional.interpolate(x, scale_factor=8, mode="nearest"))
+
+    backend.decode = decode
+    settings = SearchSettings(steps=5, max_depth=1, population=4, generations=1, samples=1, seed=1,
+                              quality="imagereward", prompts=("a photo of a red fox",), seed_presets=False,
+                              results_dir=str(tmp_path), run_id="real-ir")
+    results = ScheduleSearch(settings, backend).run()
+    assert results["objectives"]["quality"]["name"] == "imagereward"
+    assert not results["objectives"].get("quality_note")  # no fallback to fidelity
+    qualities = [e["quality"] for e in results["evaluations"]]
+    assert len(qualities) >= 4 and all(isinstance(q, float) and q == q for q in qualities)
+    assert len(set(qualities)) > 1  # the schedules' images get different rewards
+    for e in results["evaluations"]:
+        assert e["details"]["imagereward"] == pytest.approx(e["quality"]) and "latent_snr_db" in e["details"]
+    assert results["front"] and (tmp_path / "real-ir" / "results.json").is_file()
+    on_disk = json.loads((tmp_path / "real-ir" / "results.json").read_text())
+    assert on_disk["front"] == results["front"]
+    ir.clear_cache()

@@ -16,5 +16,6 @@ fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip "setuptools==80.9.0" wheel
 "$PY" -m pip install -q -r tests/imagereward_env/requirements.txt
+"$PY" -m pip install -q --no-deps stable-diffusion-sdkit
 # image-reward + fairscale, --no-deps --target DEPS, by install.py itself (as the WebUI runs it)
 "$PY" tests/imagereward_env/install_deps.py "$DEPS"
