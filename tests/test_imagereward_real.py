@@ -17,7 +17,8 @@ weights are random, so the rewards mean nothing; that they are the checkpoint's 
 The WebUI's restricted ``torch.load`` (``modules/safe.py`` in v1.10.1) is reproduced by
 :func:`webui_restricted_load`, written from its rules (allowed zip entry names; an unpickler that
 admits only OrderedDict, torch's tensor rebuilders and storage types, a few numpy names; a refused
-file is reported and ``None`` returned), not copied from it.
+file is reported and ``None`` returned), not copied from it. With ``WEBUI_DIR`` set to a WebUI
+checkout, the WebUI's own ``modules/safe.py`` is loaded too and reads the checkpoint.
 
 Memory: about 4 GB at the peak (the 1.8 GB model and its state dict). Time: a few minutes on 2 CPUs.
 """
@@ -238,6 +239,44 @@ def test_the_webui_restricted_torch_load_accepts_the_release_format(release, mon
     assert messages == []
     assert torch.equal(model.state_dict()["mlp.layers.0.weight"], reference["mlp.layers.0.weight"])
     ir.clear_cache()
+
+
+def _real_safe_py():
+    """The WebUI's own ``modules/safe.py`` when ``WEBUI_DIR`` names a v1.10.x checkout, else ``None``."""
+    path = Path(os.environ.get("WEBUI_DIR", "/nonexistent")) / "modules" / "safe.py"
+    return path if path.is_file() else None
+
+
+@pytest.mark.skipif(_real_safe_py() is None, reason="set WEBUI_DIR to a WebUI checkout to read the release format "
+                    "through its own modules/safe.py (webui_restricted_load above reproduces its rules)")
+def test_the_webuis_own_safe_py_reads_the_release_format(release, monkeypatch):
+    """Its ``modules.errors``/``modules.shared`` imports are answered by two small modules made here."""
+    import types
+
+    root, reference, _ = release
+    reports: list[str] = []
+    errors = types.ModuleType("modules.errors")
+    errors.report = lambda message, exc_info=False: reports.append(f"{message} {sys.exc_info()[1]}")
+    shared = types.ModuleType("modules.shared")
+    shared.cmd_opts = types.SimpleNamespace(disable_safe_unpickle=False)
+    package = types.ModuleType("modules")
+    package.__path__ = []
+    package.errors, package.shared = errors, shared
+    for name, module in (("modules", package), ("modules.errors", errors), ("modules.shared", shared)):
+        monkeypatch.setitem(sys.modules, name, module)
+    original = torch.load
+    spec = importlib.util.spec_from_file_location("modules.safe", _real_safe_py())
+    safe = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(safe)  # replaces torch.load, as in the WebUI
+        assert torch.load is safe.load
+        state = ir._read_weights(root / "ImageReward.pt")
+        plain = root.parent / "plain-for-safe.pt"
+        torch.save({"x": torch.zeros(1)}, plain)
+        assert torch.load(str(plain)) is None and ".format_version" in str(reports)  # the rule is live
+    finally:
+        torch.load = original
+    assert torch.equal(state["mlp.layers.0.weight"], reference["mlp.layers.0.weight"])
 
 
 def test_a_checkpoint_the_webui_refuses_is_one_clear_error(release, tmp_path, monkeypatch):
