@@ -1,6 +1,8 @@
 """The ImageReward objective: scoring pairs, the lazy once-per-process loader, and falling back without weights.
 
-Nothing here touches the network. Three levels:
+Nothing here touches the network. Two levels, both fast; the real ``image-reward`` 1.5 package
+(installed by ``install.py``, real BLIP, release-format checkpoint, the WebUI's restricted
+``torch.load``) is tested in ``tests/test_imagereward_real.py``, in a venv of its own:
 
 * a locally built scorer (a small torch model with random weights behind
   ImageReward's ``score(prompt, [PIL images])`` interface) drives a real search;
@@ -8,10 +10,8 @@ Nothing here touches the network. Three levels:
   folder with the real package's layout (a package ``__init__`` that needs a
   missing module, ``ImageReward/ImageReward.py`` with the model class taking
   ``med_config``, BLIP's ``init_tokenizer`` reading ``bert-base-uncased``), local
-  ``med_config.json``, tokenizer folder and weights file;
-* the real ``image-reward`` model class with random weights, local
-  ``med_config.json`` and tokenizer, when the package imports here (it needs
-  transformers < 4.56, timm, fairscale, torchvision: the WebUI's environment).
+  ``med_config.json``, tokenizer folder and weights file: kept for speed, so the
+  normal suite covers every message a user can meet.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import importlib.util
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,8 @@ from dato.evaluation.backends import builtin_backend
 from dato.generators.search import ScheduleSearch, ScorerUnavailable, SearchSettings, imagereward_quality
 from dato.generators.search import imagereward as ir
 from dato.generators.search.objectives import Samples
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalScorer(torch.nn.Module):
@@ -132,7 +135,8 @@ def test_without_the_package_the_search_falls_back_to_fidelity_or_stops(tmp_path
         with pytest.raises(ScorerUnavailable, match="image-reward package is not installed.*fidelity objective"):
             unavailable()
     else:  # installed: then the weights are what is missing (offline, empty folder)
-        with pytest.raises(ScorerUnavailable, match="downloads are off.*fidelity objective"):
+        with pytest.raises(ScorerUnavailable, match="needs ImageReward.pt and med_config.json in .*downloads are off"
+                                                    ".*fidelity objective"):
             unavailable()
     results = ScheduleSearch(_settings(tmp_path, run_id="fb", generations=1, population=4), backend,
                              scorer_loader=unavailable).run()
@@ -244,7 +248,7 @@ def standin(tmp_path, monkeypatch):
 
 def test_loader_builds_the_package_model_from_local_files_once_per_process(standin, tmp_path):
     files, tok = standin
-    with pytest.raises(ScorerUnavailable, match="ImageReward.pt is not in .* downloads are off"):
+    with pytest.raises(ScorerUnavailable, match="needs ImageReward.pt in .* downloads are off"):
         ir.load_imagereward(download_root=str(files), offline=True, tokenizer=str(tok))
     # random weights through the package's own class, saved where a download would have put them
     module = sys.modules["ImageReward.ImageReward"]
@@ -277,34 +281,99 @@ def test_loader_explains_a_missing_tokenizer_and_bad_weights(standin, tmp_path):
                             tokenizer=str(tok), offline=True)
 
 
-def _real_package_importable() -> bool:
-    try:
-        ir._import_model_module()
-    except ScorerUnavailable:
-        return False
-    return True
+# ------------------------------------------------------------ what a user meets when something is missing or broken
+def test_without_the_package_the_message_is_the_hand_install_line_of_the_docs(monkeypatch):
+    """Under --skip-install, install.py never ran: the message gives the command docs/webui.md gives."""
+    for name in [n for n in sys.modules if n == "ImageReward" or n.startswith("ImageReward.")]:
+        monkeypatch.delitem(sys.modules, name)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] == "ImageReward" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib, "import_module", _no_image_reward(importlib.import_module))
+    with pytest.raises(ScorerUnavailable) as info:
+        ir.load_imagereward(offline=True)
+    line = f'-m pip install --no-deps --target "{ROOT / "deps"}" image-reward==1.5 fairscale==0.4.13'
+    assert line in str(info.value) and "--skip-install" in str(info.value)
+    docs = (ROOT / "docs" / "webui.md").read_text()
+    assert "-m pip install --no-deps --target extensions/sd-webui-dato/deps image-reward==1.5 fairscale==0.4.13" in docs
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("ImageReward") is None or not _real_package_importable(),
-                    reason="image-reward's model class does not import here (needs transformers<4.56, timm, "
-                           "fairscale and a torchvision matching torch); the WebUI's environment has them")
-def test_real_imagereward_class_with_random_weights_and_local_files(tmp_path):  # pragma: no cover - env dependent
-    ir.clear_cache()
-    med = tmp_path / "med_config.json"
-    med.write_text(json.dumps({
-        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 256,
-        "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": 12,
-        "num_hidden_layers": 1, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 64,
-        "encoder_width": 1024, "add_cross_attention": True,
-    }))
-    tok = tmp_path / "tokenizer"
-    tok.mkdir()
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "fox", "photo", "of"]
-    (tok / "vocab.txt").write_text("\n".join(words + [f"w{i}" for i in range(64 - len(words) - 2)]))
-    model = ir.load_imagereward(med_config=str(med), tokenizer=str(tok), random_weights=True, offline=True)
-    from PIL import Image
+def _no_image_reward(import_module):
+    def fake(name, *a):
+        if name.split(".")[0] == "ImageReward":
+            raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}", name="ImageReward")
+        return import_module(name, *a)
 
-    rewards = model.score("a photo of a red fox", [Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
-    assert len(rewards) == 2 and all(isinstance(r, float) for r in rewards)
+    return fake
+
+
+def test_without_weights_or_network_one_message_names_both_files_and_the_folder(standin, tmp_path, monkeypatch):
+    _, tok = standin
+    import huggingface_hub
+
+    def no_network(**kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    empty = tmp_path / "empty"
+    with pytest.raises(ScorerUnavailable) as info:
+        ir.load_imagereward(download_root=str(empty), tokenizer=str(tok))
+    message = str(info.value)
+    assert message.count("\n") == 0 and "ImageReward.pt and med_config.json" in message
+    assert repr(str(empty)) in message and "download from THUDM/ImageReward failed (ConnectionError" in message
+    assert "fidelity objective" in message and ir._CACHE == {}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the environment's offline switch is honoured: no download tried
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("downloaded while offline"))
+    with pytest.raises(ScorerUnavailable, match="downloads are off"):
+        ir.load_imagereward(download_root=str(empty), tokenizer=str(tok))
+
+
+def _counting_builds(monkeypatch) -> list:
+    module = sys.modules["ImageReward.ImageReward"]
+    built: list = []
+    original = module.ImageReward
+
+    class Counting(original):
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(module, "ImageReward", Counting)
+    return built
+
+
+@pytest.mark.parametrize("damage", ["truncated", "html page", "a list", "refused by the WebUI"])
+def test_a_damaged_weights_file_is_one_clear_error_before_any_model_is_built(standin, tmp_path, monkeypatch,
+                                                                             damage):
+    files, tok = standin
+    ir.load_imagereward(download_root=str(files), offline=True, tokenizer=str(tok), random_weights=True)
+    ir.clear_cache()  # (the package module is imported now)
+    good = tmp_path / "good.pt"
+    torch.save({"mlp.weight": torch.zeros(1, 12)}, good)
+    target = files / "ImageReward.pt"
+    expected = "truncated or not a torch checkpoint"
+    if damage == "truncated":
+        target.write_bytes(good.read_bytes()[:200])
+    elif damage == "html page":
+        target.write_bytes(b"<html>Too Many Requests</html>")
+    elif damage == "a list":
+        torch.save([torch.zeros(1)], target)
+        expected = "hold a list, not a state dict"
+    else:
+        target.write_bytes(good.read_bytes())
+        monkeypatch.setattr(torch, "load", lambda *a, **k: None)  # modules/safe.py returns None when it refuses
+        expected = "the WebUI refused to read"
+    built = _counting_builds(monkeypatch)
+    with pytest.raises(ScorerUnavailable, match=f"{expected}.*download ImageReward.pt again.*fidelity objective"):
+        ir.load_imagereward(download_root=str(files), offline=True, tokenizer=str(tok))
+    assert built == [] and ir._CACHE == {}
+
+
+def test_a_tokenizer_folder_beside_the_weights_is_used(standin, tmp_path):
+    files, tok = standin
+    (files / "bert-base-uncased").mkdir()
+    (files / "bert-base-uncased" / "vocab.txt").write_text((tok / "vocab.txt").read_text())
+    model = ir.load_imagereward(download_root=str(files), offline=True, random_weights=True)
+    assert model.blip.tokenizer.vocab[-1] == "lighthouse"

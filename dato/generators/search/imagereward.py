@@ -10,10 +10,15 @@ Nothing here is imported until a search asks for ImageReward. Loading:
    imported, without running the package's ``__init__``.
 2. Find ``ImageReward.pt`` and ``med_config.json``: given paths, or the download
    folder (default ``~/.cache/ImageReward``), or the Hugging Face hub
-   (``THUDM/ImageReward``). The BLIP text tokenizer is ``bert-base-uncased``
-   from the hub cache, or a local folder (``tokenizer=``).
-3. Build the model, load the weights, move it to the device, cache it per
-   process (a second search reuses it).
+   (``THUDM/ImageReward``; not with ``offline=True`` or ``HF_HUB_OFFLINE=1``).
+   What is still missing is named in one message with the folder it goes in.
+   The BLIP text tokenizer is ``bert-base-uncased``: a local folder
+   (``tokenizer=``), else ``<download folder>/bert-base-uncased/`` when it
+   exists, else the package's own ``BertTokenizer.from_pretrained`` (hub cache).
+3. Read the weights (a truncated or refused file fails here, before any model
+   is built; the WebUI's restricted ``torch.load`` accepts the release's plain
+   state dict), build the model, load the weights, move it to the device,
+   cache it per process (a second search reuses it; a failure caches nothing).
 
 Any failure raises :class:`ScorerUnavailable` whose message says what is
 missing, where to put it, and that the fidelity objective needs no weights;
@@ -30,17 +35,21 @@ import os
 import sys
 import threading
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ScorerUnavailable", "load_imagereward", "clear_cache", "HUB_REPO", "WEIGHTS_FILE", "MED_CONFIG_FILE"]
+__all__ = ["ScorerUnavailable", "load_imagereward", "clear_cache", "HUB_REPO", "WEIGHTS_FILE", "MED_CONFIG_FILE",
+           "TOKENIZER_FOLDER", "EXTENSION_DEPS"]
 
 HUB_REPO = "THUDM/ImageReward"
 WEIGHTS_FILE = "ImageReward.pt"
 MED_CONFIG_FILE = "med_config.json"
+TOKENIZER_FOLDER = "bert-base-uncased"  # optional, in the download folder: BLIP's tokenizer files
+EXTENSION_DEPS = Path(__file__).resolve().parents[3] / "deps"  # where install.py puts image-reward
 _INSTALL_HINT = (
-    "install it with `pip install --no-deps image-reward==1.5 fairscale==0.4.13` plus `timm` and "
-    "`transformers<4.56` (the WebUI already has torchvision, timm and transformers 4.30)"
+    "install.py installs it at the WebUI's start-up (not under --skip-install); by hand, with the WebUI's Python: "
+    f'`python -m pip install --no-deps --target "{EXTENSION_DEPS}" image-reward==1.5 fairscale==0.4.13`'
 )
 _FALLBACK_HINT = "or choose the fidelity objective, which needs no extra weights"
 
@@ -89,34 +98,77 @@ def load_imagereward(
 def _load(device, weights, med_config, tokenizer, download_root, offline, random_weights) -> Any:
     module = _import_model_module()
     root = Path(download_root) if download_root else default_download_root()
-    med_path = _resolve(med_config, MED_CONFIG_FILE, root, offline)
-    weights_path = None if random_weights else _resolve(weights, WEIGHTS_FILE, root, offline)
-    import torch
-
+    offline = offline or _env_offline()
+    wanted = {MED_CONFIG_FILE: med_config} if random_weights else {WEIGHTS_FILE: weights, MED_CONFIG_FILE: med_config}
+    paths = _resolve_all(wanted, root, offline)
+    if tokenizer is None and (root / TOKENIZER_FOLDER).is_dir():
+        tokenizer = root / TOKENIZER_FOLDER
+    # The weights are read (and checked) before the model is built: a bad file costs no model.
+    state = None if random_weights else _read_weights(paths[WEIGHTS_FILE])
     try:
         with _tokenizer_from(tokenizer):
-            model = module.ImageReward(device=device, med_config=str(med_path))
+            model = module.ImageReward(device=device, med_config=str(paths[MED_CONFIG_FILE]))
     except ScorerUnavailable:
         raise
     except (OSError, ValueError) as exc:  # tokenizer files missing / not downloadable
         raise ScorerUnavailable(
-            f"ImageReward's text tokenizer (bert-base-uncased) could not be loaded: {exc}. Download it once into the "
-            f"Hugging Face cache, or pass a local tokenizer folder, {_FALLBACK_HINT}."
+            f"ImageReward's text tokenizer (bert-base-uncased) could not be loaded: {exc}. Put its vocab.txt into "
+            f"{str(root / TOKENIZER_FOLDER)!r}, or download bert-base-uncased once into the Hugging Face cache, "
+            f"{_FALLBACK_HINT}."
         ) from exc
-    if weights_path is not None:
-        try:
-            state = torch.load(str(weights_path), map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise ScorerUnavailable(f"cannot read ImageReward weights {str(weights_path)!r}: {exc}") from exc
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if state is not None:
         result = model.load_state_dict(state, strict=False)
         expected = len(model.state_dict())
         if len(result.missing_keys) > expected // 2:
             raise ScorerUnavailable(
-                f"{str(weights_path)!r} does not look like ImageReward weights ({len(result.missing_keys)} of "
-                f"{expected} tensors missing)"
+                f"{str(paths[WEIGHTS_FILE])!r} does not look like ImageReward weights ({len(result.missing_keys)} "
+                f"of {expected} tensors missing); delete it and download {WEIGHTS_FILE} again, {_FALLBACK_HINT}."
             )
     return model.to(device).eval().requires_grad_(False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _env_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _read_weights(path: Path) -> dict:
+    """The checkpoint's state dict, through whatever ``torch.load`` is installed (the WebUI's is restricted).
+
+    ``ImageReward.pt`` is a plain state dict of tensors, so ``weights_only=True`` reads it, and the WebUI's
+    restricted unpickler (``modules/safe.py``) accepts it. A file that is not a complete zip archive (a
+    download cut short) is refused before ``torch.load`` sees it, so the WebUI prints no traceback for it.
+    """
+    import torch
+
+    advice = f"delete it and download {WEIGHTS_FILE} again (about 1.7 GB), {_FALLBACK_HINT}."
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ScorerUnavailable(f"ImageReward weights {str(path)!r} are truncated or not a torch checkpoint "
+                                f"({exc}); {advice}") from None
+    if not any(n.endswith("/data.pkl") for n in names):
+        raise ScorerUnavailable(f"ImageReward weights {str(path)!r} are not a torch checkpoint (no data.pkl); {advice}")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ScorerUnavailable(f"cannot read ImageReward weights {str(path)!r} ({_first_line(exc)}); "
+                                f"{advice}") from None
+    if state is None:  # the WebUI's safe.load reports a refused file on the console and returns None
+        raise ScorerUnavailable(f"the WebUI refused to read ImageReward weights {str(path)!r} (its console says "
+                                f"why); {advice}")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ScorerUnavailable(f"ImageReward weights {str(path)!r} hold a {type(state).__name__}, not a state "
+                                f"dict; {advice}")
+    return state
 
 
 @contextlib.contextmanager
@@ -143,35 +195,48 @@ def _tokenizer_from(tokenizer: str | os.PathLike[str] | None):
         blip.BertTokenizer = original
 
 
-def _resolve(given, filename: str, root: Path, offline: bool) -> Path:
-    if given is not None:
-        path = Path(given)
-        if not path.is_file():
-            raise ScorerUnavailable(f"ImageReward file {str(path)!r} does not exist")
-        return path
-    local = root / filename
-    if local.is_file():
-        return local
-    if offline:
-        raise ScorerUnavailable(
-            f"ImageReward's {filename} is not in {str(root)!r} and downloads are off; put {filename} from the "
-            f"{HUB_REPO} model repository there, {_FALLBACK_HINT}."
-        )
-    try:
-        from huggingface_hub import hf_hub_download
+def _resolve_all(wanted: dict[str, Any], root: Path, offline: bool) -> dict[str, Path]:
+    """Each file: the given path, else ``root/<name>``, else (online) a download into ``root``.
 
-        return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, local_dir=str(root)))
-    except Exception as exc:  # noqa: BLE001 - network, auth, disk: all mean "not available"
+    Everything still missing is named in one message, with the folder to put it in.
+    """
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for filename, given in wanted.items():
+        if given is not None:
+            path = Path(given)
+            if not path.is_file():
+                raise ScorerUnavailable(f"ImageReward file {str(path)!r} does not exist")
+            found[filename] = path
+        elif (root / filename).is_file():
+            found[filename] = root / filename
+        else:
+            missing.append(filename)
+    why = "downloads are off"
+    if missing and not offline:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            for filename in list(missing):
+                found[filename] = Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, local_dir=str(root)))
+                missing.remove(filename)
+        except Exception as exc:  # noqa: BLE001 - network, auth, disk: all mean "not available"
+            why = f"the download from {HUB_REPO} failed ({_first_line(exc)})"
+    if missing:
+        files = " and ".join(missing)
         raise ScorerUnavailable(
-            f"ImageReward's {filename} could not be downloaded from {HUB_REPO} ({type(exc).__name__}: {exc}). "
-            f"Put {filename} into {str(root)!r} by hand, {_FALLBACK_HINT}."
-        ) from exc
+            f"ImageReward needs {files} in {str(root)!r} and {why}; put {files} from the Hugging Face model "
+            f"repository {HUB_REPO} there (https://huggingface.co/{HUB_REPO}), {_FALLBACK_HINT}."
+        )
+    return found
 
 
 def _import_model_module() -> types.ModuleType:
     """``ImageReward.ImageReward`` (the module holding the model class), as lightly as possible."""
     if "ImageReward.ImageReward" in sys.modules:
         return sys.modules["ImageReward.ImageReward"]
+    if importlib.util.find_spec("ImageReward") is None and EXTENSION_DEPS.is_dir():
+        sys.path.append(str(EXTENSION_DEPS))  # as the WebUI glue does (scripts/dato_webui/deps.py); for the CLI
     try:
         return importlib.import_module("ImageReward.ImageReward")
     except ModuleNotFoundError as exc:
@@ -205,7 +270,8 @@ def _import_without_package_init(first_missing: str | None) -> types.ModuleType:
         missing = getattr(exc, "name", None) or str(exc)
         raise ScorerUnavailable(
             f"image-reward is installed but its model needs {missing!r} (the package itself also wanted "
-            f"{first_missing!r}); {_INSTALL_HINT}, {_FALLBACK_HINT}."
+            f"{first_missing!r}); the model needs torchvision, timm and transformers < 4.56 (the WebUI has them) "
+            f"and fairscale ({_INSTALL_HINT}), {_FALLBACK_HINT}."
         ) from exc
     finally:
         for name in stubs:
