@@ -181,3 +181,22 @@ def test_the_counter_sees_a_host_read_the_auto_clock_makes(unet, monkeypatch):
         assert counter.calls == ["__float__"]
     finally:
         dato.remove_patch(unet)
+
+
+def test_the_gpu_check_script_runs_on_a_cpu_at_a_tiny_setting(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main(["--device", "cpu", "--dtype", "bf16", "--model", "tiny", "--sizes", "64", "--steps", "2",
+                        "--repeats", "1", "--quick", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert data["device"] == "cpu" and data["dtype"] == "bf16"
+    assert all(r["host_syncs"] == [] and r["finite"] for r in data["checks"])
+    assert data["bench"]["64"]["patch_overhead"]["sdpa"]["patched_ms"] > 0
+    assert "| full |" in (tmp_path / "gpu-check.md").read_text()
