@@ -82,3 +82,22 @@ def test_schedules_cli_lists_and_validates(capsys, tmp_path):
     bad.write_text('{"name": "bad", "cache": [0]}')
     assert cli.main(["schedules", str(bad)]) == 1
     assert "the first step must be 'full'" in capsys.readouterr().out
+
+
+def test_bench_in_bf16_reports_the_device_the_patch_overhead_and_no_memory_counter_on_a_cpu(tmp_path, capsys):
+    code = cli.main(["bench", "--model", "tiny", "--quick", "--steps", "3", "--size", "64", "--dtype", "bf16",
+                     "--device", "cpu", "--no-fidelity", "--no-confirm", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads(next(tmp_path.glob("bench-tiny-64px-cpu-bf16-*.json")).read_text())
+    assert data["machine"]["dtype"] == "bf16" and data["machine"]["device"] == "cpu"
+    assert list(data["step_kinds"]) == ["sdpa"]  # ldm's attention cannot run in half precision
+    overhead = data["patch_overhead"]["sdpa"]
+    assert overhead["unpatched_ms"] > 0 and overhead["patched_ms"] > 0 and overhead["latent"] == 8
+    assert data["rows"][0]["peak_mib_sdpa"] is None
+    out = capsys.readouterr().out
+    assert "device: cpu" in out and "dtype bf16" in out and "patch overhead (sdpa" in out and "n/a" in out
+
+
+def test_bench_refuses_ldm_attention_in_half_precision(capsys):
+    assert cli.main(["bench", "--attention", "ldm", "--dtype", "fp16"]) == 2
+    assert "--attention ldm: ldm's own attention does not run in fp16" in capsys.readouterr().err

@@ -9,7 +9,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dato.cli.common import check_output_dir, existing_file, int_range, path_arg, pixel_size, require, steps_int
+from dato.cli.common import (
+    add_device_arguments,
+    bad,
+    check_output_dir,
+    existing_file,
+    int_range,
+    path_arg,
+    pixel_size,
+    require,
+    steps_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=path_arg, default="bench-results",
                         help="folder for the JSON report (default bench-results)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, 10 steps, fewer variants, 1 repeat")
+    parser.add_argument("--no-overhead", action="store_true", help="skip timing the patch's own per-call overhead")
+    add_device_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -55,14 +67,19 @@ def config_from_args(args: argparse.Namespace):
         steps=given(args.steps, 10, 50),
         sampler=args.sampler,
         repeats=given(args.repeats, 1, 3),
-        attention=("ldm", "sdpa") if args.attention == "both" else (args.attention,),
+        attention=(("ldm", "sdpa") if args.dtype == "fp32" else ("sdpa",)) if args.attention == "both"
+        else (args.attention,),
         fidelity_size=given(args.fidelity_size, 64, 128),
         fidelity=not args.no_fidelity, confirm=not args.no_confirm, threads=args.threads, out=args.out, quick=quick,
+        device=args.device, dtype=args.dtype, overhead=not args.no_overhead,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir("--out", args.out)
+    if args.dtype != "fp32" and args.attention == "ldm":
+        raise bad("--attention", "ldm", f"ldm's own attention does not run in {args.dtype} (it upcasts q and k "
+                                        "only); use sdpa, as the WebUI does")
     if args.ckpt and args.ckpt.endswith(".safetensors"):
         require("bench", "safetensors", "safetensors", "for a .safetensors checkpoint")
     config = config_from_args(args)
@@ -73,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = config.model if config.model in ("sd15", "tiny", "sdxl", "tiny-sdxl") else "ckpt"
-    path = out / f"bench-{name}-{config.size}px-{stamp}.json"
+    path = out / f"bench-{name}-{config.size}px-{config.device.replace(':', '')}-{config.dtype}-{stamp}.json"
 
     def write(report: BenchReport) -> None:
         path.write_text(json.dumps(asdict(report), indent=1, default=str))

@@ -11,6 +11,7 @@ import argparse
 
 from dato.cli.common import (
     BadValue,
+    add_device_arguments,
     check_output_dir,
     choice_list,
     int_range,
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=path_arg, default=DEFAULT_OUT,
                         help=f"folder for compare.md and compare.json (default {DEFAULT_OUT}; the README's report "
                              "lives in docs/compare)")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = CompareConfig(steps=args.steps, targets=args.targets, per_class=args.per_class,
                            generators=args.generators, gate_iterations=args.gate_iterations,
-                           population=args.population, generations=args.generations, out=args.out)
+                           population=args.population, generations=args.generations, out=args.out,
+                           device=args.device, dtype=args.dtype)
     print(f"writing into {args.out}/ (compare.md, compare.json)", flush=True)
     data = run_compare(config, log=lambda m: print(m, flush=True))
     written = write_reports(data, config.out)

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from dato.cli.common import bad, check_output_dir, int_range, path_arg, positive_int, require, seed_int, steps_int
+from dato.cli.common import (
+    add_device_arguments,
+    bad,
+    check_output_dir,
+    int_range,
+    path_arg,
+    positive_int,
+    require,
+    seed_int,
+    steps_int,
+    torch_dtype,
+)
 
 DEFAULT_OUT = "quality-results"
 
@@ -30,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0.3/0.5/0.7, alone and on deepcache-every5-d0 (instead of the benchmark's variants)")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="torch threads (default 0: torch's choice; 1 is fastest on a shared 2-core machine)")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = QualityConfig(steps=args.steps, per_class=args.per_class, sampler=args.sampler, seed=args.seed,
                            out=args.out, plot=not args.no_plot, threads=args.threads, only=tuple(args.only),
-                           study=args.study or "")
+                           study=args.study or "", device=args.device, dtype=torch_dtype(args))
     print(f"writing into {args.out}/ (quality.md, quality-timing.md, quality.json"
           f"{', quality.png' if config.plot else ''})", flush=True)
     if config.threads:

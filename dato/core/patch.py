@@ -209,6 +209,7 @@ class DatoPatch:
         self._hooks: list[Any] = []
         self._resampled: dict[int, Schedule] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # kept: no allocation per call
         self._check_schedule_fits(schedule)
         self.stored_blocks = {self.layout.cached_feature_block(a) for a in schedule.cache if a >= 0}
         if REUSE in schedule.cache:
@@ -337,10 +338,18 @@ class DatoPatch:
         self.current = CallContext(
             action=action, ratio=ratio if self.uses_tokens else 0.0, step=step,
             size=(x.shape[-2], x.shape[-1]), entry=entry, skipped=skipped, feature_block=feature,
-            zero=x.new_zeros(()), generator=self._generator(x.device, step, self.clock.ordinal) if use_gen else None,
+            zero=self._zero(x), generator=self._generator(x.device, step, self.clock.ordinal) if use_gen else None,
         )
         self.stats["calls"] += 1
         self.stats["full" if action == FULL else "reuse" if action == REUSE else "cached"] += 1
+
+    def _zero(self, x: torch.Tensor) -> torch.Tensor:
+        """A 0-d zero of ``x``'s device and dtype, made once (skipped blocks return views of it)."""
+        key = (x.device, x.dtype)
+        zero = self._zeros.get(key)
+        if zero is None:
+            zero = self._zeros[key] = x.new_zeros(())
+        return zero
 
     def _ready(self, entry: CallCache, action: int) -> bool:
         """A cached action needs its feature stored by an earlier call of this key (a full one came first)."""

@@ -197,7 +197,11 @@ def _split_dst_src(dst: torch.Tensor, num_tokens: int) -> torch.Tensor:
 def _bipartite_match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor):
     """Cosine similarity of every src token to every dst token; best dst per src and its score."""
     channels = metric.shape[-1]
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    if metric.dtype in (torch.float16, torch.bfloat16):  # the squared norm overflows fp16 (65504) at |x| ~ 15
+        wide = metric.float()
+        metric = (wide / wide.norm(dim=-1, keepdim=True)).to(metric.dtype)  # cosines in [-1, 1] fit any dtype
+    else:
+        metric = metric / metric.norm(dim=-1, keepdim=True)
     a = gather(metric, 1, _expand_idx(src, channels))
     b = gather(metric, 1, _expand_idx(dst, channels))
     scores = a @ b.transpose(-1, -2)

@@ -192,8 +192,9 @@ class StandaloneBackend:
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    from dato.evaluation.device import synchronize
+
+    synchronize(device)
 
 
 # ------------------------------------------------------------------ builders
@@ -205,7 +206,8 @@ def _pseudo_embedding(text: str, length: int, dim: int) -> torch.Tensor:
 
 def builtin_backend(latent_size: int = 16, steps: int = 8, sampler: str = "euler", cfg_scale: float = 7.5,
                     model_seed: int = 0, batch_size: int = 4, max_downsample: int = 1, model: str = "sd15",
-                    sample_fn: Callable[..., torch.Tensor] | None = None) -> StandaloneBackend:
+                    sample_fn: Callable[..., torch.Tensor] | None = None, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> StandaloneBackend:
     """A random-weight ldm UNet at a small latent size; no text encoder, no VAE.
 
     ``model="sd15"``: SD1.5's UNet (860M parameters); ``"tiny"``: the same topology at toy width (tests);
@@ -221,7 +223,7 @@ def builtin_backend(latent_size: int = 16, steps: int = 8, sampler: str = "euler
     if model not in configs:
         raise ValueError(f"built-in model = {model!r}, expected one of {', '.join(configs)}")
     config = configs[model]()
-    unet = models.build_unet(config, seed=model_seed)
+    unet = models.build_unet(config, seed=model_seed, device=device, dtype=dtype)
     length, dim = (77, int(config["context_dim"])) if model in ("sd15", "sdxl") else (7, int(config["context_dim"]))
     y_width = models.size_vector_width(unet)
     size_vector = None if y_width is None else models.sdxl_size_vector(y_width, latent_size * 8, latent_size * 8)
@@ -253,8 +255,8 @@ def fixture_prompts() -> list[str]:
     return [FIXTURE_PROMPT.format(d) for d in range(10)]
 
 
-def fixture_backend(steps: int = 8, sampler: str = "euler", cfg_scale: float | None = None, batch_size: int = 8
-                    ) -> StandaloneBackend:
+def fixture_backend(steps: int = 8, sampler: str = "euler", cfg_scale: float | None = None, batch_size: int = 8,
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> StandaloneBackend:
     """The trained tiny ldm UNet of :mod:`dato.evaluation.fixture` (class prompts "a handwritten digit N").
 
     It works in pixel space: its "decoder" (:func:`dato.evaluation.fixture.nets.decode`) only drops each sample's mean
@@ -266,7 +268,7 @@ def fixture_backend(steps: int = 8, sampler: str = "euler", cfg_scale: float | N
 
     from dato.evaluation import fixture as fixture_module
 
-    fx = fixture_module.load_fixture()
+    fx = fixture_module.load_fixture(device=device, dtype=dtype)
 
     def label(prompt: str) -> int:
         digits = [c for c in prompt if c.isdigit()]
@@ -307,7 +309,7 @@ def checkpoint_backend(path: str, steps: int = 20, sampler: str = "euler", cfg_s
         raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
     if size % 8:
         raise ValueError(f"size = {size}: must be a multiple of 8")
-    unet = load_unet_from_checkpoint(str(ckpt), dtype=dtype).to(device)
+    unet = load_unet_from_checkpoint(str(ckpt), dtype=dtype, device=device)
     state = _load_state(ckpt)
     encode, null = _clip_text_encoder(state, tokenizer, device, dtype, ckpt.name)
     decoder = _vae_decoder(state, device, dtype) if decode else None

@@ -31,13 +31,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from dato.core import macs as macs_mod
 from dato.core import tokens
 from dato.core.layout import find_unet, finest_attention_ds, highest_resolution_transformer, isinstance_str
 from dato.core.patch import apply_patch, remove_patch, set_step
 from dato.core.schedule import FULL, REUSE, Schedule, find_schedules
+from dato.evaluation import device as dev
 from dato.evaluation.progress import Progress, format_duration
 from dato.evaluation.sampling import sample
 
@@ -66,6 +66,9 @@ class BenchConfig:
     seed: int = 0
     out: str = "bench-results"
     quick: bool = False
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps
+    dtype: str = "fp32"  # fp32 | fp16 | bf16
+    overhead: bool = True  # time the patch's own per-call cost at a tiny size
 
     @property
     def latent(self) -> int:
@@ -104,20 +107,16 @@ class BenchReport:
     step_kinds: dict = field(default_factory=dict)
     token_overhead: list[dict] = field(default_factory=list)
     confirmation: dict = field(default_factory=dict)
+    peak_memory: dict = field(default_factory=dict)  # attention -> step kind -> bytes (None off CUDA/MPS)
+    patch_overhead: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ attention paths
 
 def _sdpa_forward(self, x, context=None, mask=None):
-    """ldm ``CrossAttention`` through PyTorch SDPA, as the WebUI's 'sdp' optimisation does."""
-    heads = self.heads
-    context = x if context is None else context
-    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-    batch, n_q, inner = q.shape
-    q, k, v = (t.view(batch, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
-    out = out.transpose(1, 2).reshape(batch, n_q, inner)
-    return self.to_out(out)
+    from dato.evaluation.models import sdpa_forward
+
+    return sdpa_forward(self, x, context, mask)
 
 
 @contextlib.contextmanager
@@ -207,8 +206,11 @@ class KindTimer:
 
     def __init__(self, unet: torch.nn.Module, x: torch.Tensor, context: torch.Tensor, seed: int) -> None:
         self.unet, self.x, self.context, self.seed = unet, x, context, seed
-        self.t_full = torch.full((x.shape[0],), 999.0)
-        self.t_step = torch.full((x.shape[0],), 980.0)
+        self.device = x.device
+        self.t_full = torch.full((x.shape[0],), 999.0, device=x.device)
+        self.t_step = torch.full((x.shape[0],), 980.0, device=x.device)
+        self.peak: dict[StepKind, int | None] = {}  # device memory at the peak of each kind's timed call
+        self._last_peak: int | None = None
 
     @torch.no_grad()
     def time(self, kind: StepKind) -> float:
@@ -236,11 +238,11 @@ class KindTimer:
 
                 tomesd.remove_patch(holder)
 
-    @staticmethod
-    def _timed(fn: Callable[[], object]) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+    def _timed(self, fn: Callable[[], object]) -> float:
+        dev.reset_peak_memory(self.device)
+        seconds = dev.timed(fn, self.device)
+        self._last_peak = dev.peak_memory(self.device)
+        return seconds
 
 
 class _Holder(torch.nn.Module):
@@ -262,11 +264,16 @@ def time_kinds(timer: KindTimer, kinds: list[StepKind], repeats: int, log: Calla
     samples: dict[StepKind, list[float]] = {k: [] for k in kinds}
     log(f"[{tag}] warm-up")
     timer.time(StepKind(FULL, "none", 0.0))
+    if timer.device.type != "cpu":  # first calls of a shape compile/autotune kernels on a GPU
+        for kind in kinds:
+            timer.time(kind)
     total = repeats * len(kinds)
     done = 0
     for _ in range(repeats):
         for kind in kinds:
             samples[kind].append(timer.time(kind))
+            peak = timer._last_peak
+            timer.peak[kind] = peak if timer.peak.get(kind) is None else max(peak or 0, timer.peak[kind])
             done += 1
             _advance(progress, estimates, kind, f"[{tag}] {done}/{total} {kind.label():<26} {samples[kind][-1]:8.3f} s",
                      log)
@@ -275,14 +282,8 @@ def time_kinds(timer: KindTimer, kinds: list[StepKind], repeats: int, log: Calla
 
 # ------------------------------------------------------------------ token overhead
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(max(3, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median_time(fn: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> float:
+    return dev.median_time(fn, repeats, device)
 
 
 @torch.no_grad()
@@ -295,32 +296,37 @@ def token_overhead(unet: torch.nn.Module | None, latent: int, batch: int, ratio:
     """
     block = block if block is not None else highest_resolution_transformer(unet)
     channels = block.norm1.normalized_shape[0]
+    param = next(block.parameters())
+    where = {"device": param.device, "dtype": param.dtype}
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, latent * latent, channels, generator=gen)
+    x = torch.randn(batch, latent * latent, channels, generator=gen).to(**where)
     h = block.norm1(x)
     grid = (latent, latent)
-    full_attn = _median_time(lambda: block.attn1(h), repeats)
+    full_attn = _median_time(lambda: block.attn1(h), repeats, param.device)
     rows = []
-    noise = torch.randn(batch, latent * latent, generator=gen) * 0.1
+    noise = (torch.randn(batch, latent * latent, generator=gen) * 0.1).to(**where)
     builders = {
         "prune[shared-plan]": (lambda: tokens.prune_plan(x, grid, ratio, None, noise), 1),
         "prune[base-restore]": (lambda: tokens.prune_plan(x, grid, ratio, None, noise, dynamics_weight=0.1),
                                 blocks_per_level),
         "prune[faithful]": (lambda: tokens.prune_plan(x, grid, ratio, None, noise, restore="kept",
                                                       dynamics_weight=0.1), blocks_per_level),
-        "merge": (lambda: tokens.merge_plan(x, grid, ratio, gen), blocks_per_level),
+        "merge": (lambda: tokens.merge_plan(x, grid, ratio, None if param.device.type != "cpu" else gen),
+                  blocks_per_level),
         "downsample": (lambda: tokens.downsample_plan(grid, ratio if ratio <= 0.75 else 0.75), 0),
     }
     for method, (build, plans_per_call) in builders.items():
         plan = build()
-        select = _median_time(build, repeats)
+        select = _median_time(build, repeats, param.device)
         if method == "downsample":
-            reduced_attn = _median_time(lambda plan=plan: block.attn1(h, context=plan.keys_values(h)), repeats)
-            move = _median_time(lambda plan=plan: plan.keys_values(h), repeats)
+            reduced_attn = _median_time(lambda plan=plan: block.attn1(h, context=plan.keys_values(h)), repeats,
+                                        param.device)
+            move = _median_time(lambda plan=plan: plan.keys_values(h), repeats, param.device)
         else:
             reduced = plan.reduce(h)
-            reduced_attn = _median_time(lambda reduced=reduced: block.attn1(reduced), repeats)
-            move = _median_time(lambda plan=plan, reduced=reduced: plan.restore(plan.reduce(h)), repeats)
+            reduced_attn = _median_time(lambda reduced=reduced: block.attn1(reduced), repeats, param.device)
+            move = _median_time(lambda plan=plan, reduced=reduced: plan.restore(plan.reduce(h)), repeats,
+                                param.device)
         overhead = plans_per_call * select + blocks_per_level * move
         saved = blocks_per_level * (full_attn - reduced_attn)
         rows.append({
@@ -369,21 +375,56 @@ def sample_variant(unet: torch.nn.Module, variant: Variant, noise: torch.Tensor,
 
 
 def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def patch_overhead(unet: torch.nn.Module, context: torch.Tensor, repeats: int, latent: int = 8,
+                   steps: int = 10) -> dict:
+    """What the patch itself costs per UNet call: hooks, block wrappers and the step clock, nothing scheduled.
+
+    At a tiny latent (``latent`` x ``latent``, 64 px by default) the UNet's arithmetic is small, so the
+    difference between a patched call (a schedule of full steps, ratio 0: every hook and wrapper runs,
+    nothing is skipped or reduced) and the unpatched call is the Python and bookkeeping overhead that a
+    GPU's 20-40 ms UNet call has to carry.
+    """
+    param = next(unet.parameters())
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(context.shape[0], unet.in_channels, latent, latent, generator=gen).to(param.device, param.dtype)
+    t = torch.full((x.shape[0],), 999.0, device=param.device)
+    call = lambda: unet(x, t, context=context)  # noqa: E731
+    plain = dev.median_time(call, repeats, param.device)
+    schedule = Schedule.full(steps, 0.0, "none")
+    apply_patch(unet, schedule, clock="manual")
+    try:
+        state = {"i": 0}
+
+        def patched_call():
+            set_step(unet, state["i"] % steps, steps)  # the step clock moves as it does in sampling
+            state["i"] += 1
+            return call()
+
+        patched = dev.median_time(patched_call, repeats, param.device)
+    finally:
+        remove_patch(unet)
+    return {"latent": latent, "batch": int(x.shape[0]), "unpatched_ms": plain * 1e3, "patched_ms": patched * 1e3,
+            "overhead_ms": (patched - plain) * 1e3, "overhead_pct": 100.0 * (patched - plain) / plain}
 
 
 # ------------------------------------------------------------------ main
 
 def load_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
-    """The UNet to benchmark and its context width."""
+    """The UNet to benchmark (on ``config.device`` in ``config.dtype``) and its context width."""
     from dato.evaluation import models
 
+    where = {"device": config.device, "dtype": dev.DTYPES[config.dtype]}
     builtin = {"sd15": models.sd15_unet_config, "tiny": models.tiny_unet_config, "sdxl": models.sdxl_unet_config,
                "tiny-sdxl": models.tiny_sdxl_unet_config}
     if config.model in builtin:
-        unet = models.build_unet(builtin[config.model](), seed=config.seed)
+        unet = models.build_unet(builtin[config.model](), seed=config.seed, **where)
     else:
-        unet = models.load_unet_from_checkpoint(config.model)
+        unet = models.load_unet_from_checkpoint(config.model, **where)
     width = models.size_vector_width(unet)
     if width is not None:  # SDXL: every call in the benchmark gets the size vector of the benchmark size
         models.supply_size_vector(unet, models.sdxl_size_vector(width, config.size, config.size, config.seed))
@@ -405,21 +446,27 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print,
     log(f"building the UNet ({config.model}) ...")
     unet, context_dim = load_model(config)
     unet = find_unet(unet)
-    report = BenchReport(config=asdict(config), machine=_machine())
+    report = BenchReport(config=asdict(config), machine=_machine(config.device, config.dtype))
     variants = build_variants(config.steps, config.quick)
     finest = finest_attention_ds(unet)  # 1 on SD1.x; 2 on SDXL, where tomesd (ds 1 only) does nothing
     variants = [v for v in variants if not (v.peer == "tomesd" and finest > 1)]
     kinds = sorted({k for v in variants for k in step_kinds(v)}, key=lambda k: (k.peer, k.method, k.ratio, k.action))
     gen = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(2, unet.in_channels, config.latent, config.latent, generator=gen)
-    context = torch.randn(2, 77, context_dim, generator=gen)
+    where = {"device": config.device, "dtype": dev.DTYPES[config.dtype]}
+    x = torch.randn(2, unet.in_channels, config.latent, config.latent, generator=gen).to(**where)
+    context = torch.randn(2, 77, context_dim, generator=gen).to(**where)
     cost = macs_mod.trace_unet_cost(unet)
     progress, estimates = _plan(unet, kinds, variants, cost, config, x, context, log)
     timers = {}
     for attention in config.attention:
         with sdpa_attention(unet, attention == "sdpa"):
-            timers[attention] = time_kinds(KindTimer(unet, x, context, config.seed), kinds, config.repeats, log,
-                                           attention, progress, estimates)
+            timer = KindTimer(unet, x, context, config.seed)
+            timers[attention] = time_kinds(timer, kinds, config.repeats, log, attention, progress, estimates)
+            report.peak_memory[attention] = {k.label(): timer.peak.get(k) for k in kinds}
+            if config.overhead:
+                report.patch_overhead[attention] = patch_overhead(unet, context, max(5, config.repeats))
+                o = report.patch_overhead[attention]
+                log(f"[{attention}] patch overhead at {o['latent'] * 8} px: {o['overhead_ms']:+.2f} ms per call")
             levels = sum(1 for m in unet.modules() if isinstance_str(m, "BasicTransformerBlock")
                          and _level_of(unet, m) == finest)
             rows = token_overhead(unet, -(-config.latent // finest), 2, 0.5, config.repeats, levels)
@@ -493,6 +540,8 @@ def _fill_rows(report: BenchReport, variants: list[Variant], timers: dict, cost,
             base = sum(times[k] for k in step_kinds(variants[0])) / 2
             row[f"seconds_per_image_{attention}"] = seconds
             row[f"speedup_{attention}"] = base / seconds
+            peaks = [report.peak_memory.get(attention, {}).get(k.label()) for k in set(step_kinds(variant))]
+            row[f"peak_mib_{attention}"] = max(peaks) / 2**20 if peaks and None not in peaks else None
         report.rows.append(row)
 
 
@@ -516,9 +565,10 @@ def _fidelity(unet, variants, config, context_dim, log, progress=None, estimates
     """Relative L2 of each variant's final latent to the baseline's (real sampling, small size)."""
     latent = config.fidelity_size // 8
     gen = torch.Generator().manual_seed(config.seed + 1)
-    noise = torch.randn(1, unet.in_channels, latent, latent, generator=gen)
-    cond = torch.randn(1, 77, context_dim, generator=gen)
-    uncond = torch.randn(1, 77, context_dim, generator=gen)
+    where = {"device": config.device, "dtype": dev.DTYPES[config.dtype]}
+    noise = torch.randn(1, unet.in_channels, latent, latent, generator=gen).to(**where)
+    cond = torch.randn(1, 77, context_dim, generator=gen).to(**where)
+    uncond = torch.randn(1, 77, context_dim, generator=gen).to(**where)
     attention = "sdpa" if "sdpa" in config.attention else config.attention[0]
     results = {}
     with sdpa_attention(unet, attention == "sdpa"):
@@ -541,12 +591,12 @@ def _confirm(unet, variants, timers, config, context, log, progress=None, estima
     attention = "sdpa" if "sdpa" in timers else next(iter(timers))
     composed = sum(timers[attention][k] for k in step_kinds(variant))
     gen = torch.Generator().manual_seed(config.seed + 2)
-    noise = torch.randn(1, unet.in_channels, config.latent, config.latent, generator=gen)
+    noise = torch.randn(1, unet.in_channels, config.latent, config.latent, generator=gen).to(context.device,
+                                                                                                context.dtype)
     log(f"[confirm] sampling {variant.name!r} end to end ({config.steps} steps, {attention}) ...")
     with sdpa_attention(unet, attention == "sdpa"):
-        start = time.perf_counter()
-        sample_variant(unet, variant, noise, context[:1], context[1:], config.steps, config.sampler, config.seed)
-        measured = time.perf_counter() - start
+        measured = dev.timed(lambda: sample_variant(unet, variant, noise, context[:1], context[1:], config.steps,
+                                                    config.sampler, config.seed), context.device)
     error = 100.0 * (measured - composed) / composed
     line = f"[confirm] measured {measured:.1f} s, composed {composed:.1f} s ({error:+.1f} %)"
     _advance(progress, estimates, "confirm", line, log)
@@ -554,10 +604,14 @@ def _confirm(unet, variants, timers, config, context, log, progress=None, estima
             "error_pct": error}
 
 
-def _machine() -> dict:
+def _machine(device: str = "cpu", dtype: str = "fp32") -> dict:
+    where = torch.device(device)
+    name = torch.cuda.get_device_name(where) if where.type == "cuda" else \
+        "Apple MPS" if where.type == "mps" else platform.processor() or platform.machine()
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": sys.version.split()[0], "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "python": sys.version.split()[0], "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(where), "device_name": name, "dtype": dtype}
 
 
 # ------------------------------------------------------------------ output
@@ -581,13 +635,19 @@ def legend(report: BenchReport) -> list[str]:
 
 def format_table(report: BenchReport) -> str:
     attentions = list(report.step_kinds)
-    head = f"{'variant':<36}{'MACs x':>8}" + "".join(f"{'s/img ' + a:>14}{'x ' + a:>9}" for a in attentions)
+    m = report.machine
+    lines = [f"device: {m.get('device', 'cpu')} ({m.get('device_name', '?')}), dtype {m.get('dtype', 'fp32')}, "
+             f"torch {m.get('torch', '?')}"]
+    head = f"{'variant':<36}{'MACs x':>8}" + "".join(f"{'s/img ' + a:>14}{'x ' + a:>9}{'MiB ' + a:>10}"
+                                                     for a in attentions)
     head += f"{'rel-L2':>9}  schedule"
-    lines = legend(report) + ["", head, "-" * len(head)]
+    lines = legend(report) + ["", *lines, head, "-" * len(head)]
     for row in report.rows:
         line = f"{row['name']:<36}{row['macs_speedup']:>8.2f}"
         for a in attentions:
+            peak = row.get(f"peak_mib_{a}")
             line += f"{row[f'seconds_per_image_{a}']:>14.2f}{row[f'speedup_{a}']:>9.2f}"
+            line += f"{peak:>10.0f}" if peak is not None else f"{'n/a':>10}"
         fid = row["fidelity_rel_l2"]
         line += f"{fid:>9.4f}" if fid is not None else f"{'-':>9}"
         preview = row["preview"]
@@ -600,6 +660,10 @@ def format_table(report: BenchReport) -> str:
                      f"{row['tokens']}: select {row['select_ms']:7.2f} ms x{row['plans_per_call']}, "
                      f"gather {row['reduce_restore_ms']:6.2f} ms/block, saved {row['saved_ms_per_call']:8.1f} ms "
                      f"-> overhead {row['overhead_pct_of_saved']:5.1f} % of saved")
+    for attention, o in report.patch_overhead.items():
+        lines.append(f"patch overhead ({attention}, {o['latent'] * 8} px, batch {o['batch']}, nothing scheduled): "
+                     f"unpatched {o['unpatched_ms']:.2f} ms, patched {o['patched_ms']:.2f} ms per UNet call: "
+                     f"{o['overhead_ms']:+.2f} ms ({o['overhead_pct']:+.1f} %)")
     if report.confirmation:
         c = report.confirmation
         lines.append(f"end-to-end check: {c['schedule']} ({c['attention']}) measured {c['measured_s']:.1f} s vs "

@@ -31,7 +31,7 @@ from dato.core.layout import UNetLayout, block_modules
 
 __all__ = ["sd15_unet_config", "tiny_unet_config", "sdxl_unet_config", "tiny_sdxl_unet_config", "build_unet",
            "randomize_zero_init", "load_unet_from_checkpoint", "is_sdxl_config", "size_vector_width",
-           "sdxl_size_vector", "supply_size_vector"]
+           "sdxl_size_vector", "supply_size_vector", "place_unet"]
 
 
 def sd15_unet_config() -> dict[str, Any]:
@@ -166,13 +166,59 @@ def _construct(config: Mapping[str, Any]) -> torch.nn.Module:
 
 
 def build_unet(config: Mapping[str, Any], seed: int = 0, randomize: bool = True,
-               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A real ldm (SD1.x/2.x) or sgm-topology (SDXL) ``UNetModel`` with seeded random weights, in eval mode."""
+               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A real ldm (SD1.x/2.x) or sgm-topology (SDXL) ``UNetModel`` with seeded random weights (drawn in fp32
+    on the CPU), in eval mode."""
     torch.manual_seed(seed)
     unet = _construct(config)
     if randomize:
         randomize_zero_init(unet, seed)
-    return unet.to(dtype).eval().requires_grad_(False)
+    return place_unet(unet, device, dtype)
+
+
+def _cast_to_weights(module: torch.nn.Module, args: tuple) -> tuple:
+    weight = next(module.parameters())
+    return (args[0].to(weight.dtype), *args[1:])
+
+
+def sdpa_forward(self, x, context=None, mask=None):
+    """ldm ``CrossAttention`` through PyTorch SDPA, as the WebUI's 'sdp' optimisation does."""
+    heads = self.heads
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    batch, n_q, inner = q.shape
+    q, k, v = (t.view(batch, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = out.transpose(1, 2).reshape(batch, n_q, inner)
+    return self.to_out(out)
+
+
+def place_unet(unet: torch.nn.Module, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """``unet`` on ``device`` in ``dtype``, eval, no grad, and able to run in half precision.
+
+    ldm's UNet casts its input to ``unet.dtype`` but builds the timestep embedding in fp32; the WebUI
+    casts it in its own hijack (``sd_hijack_unet``), standalone this does: ``unet.dtype`` is set and the
+    embedding is cast to the weights' dtype on the way into ``time_embed``. ldm's ``GroupNorm32`` normalises
+    in fp32 (``x.float()``), which a CPU refuses with half-precision parameters: those stay fp32 (a few KB).
+    ldm's own attention upcasts q and k to fp32 and then multiplies by v in half precision, which fails;
+    the WebUI replaces it, and so does this: every ``CrossAttention`` runs through SDPA (:func:`sdpa_forward`).
+    In fp32 nothing is added.
+    """
+    unet = unet.to(device, dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        for module in unet.modules():
+            if type(module).__name__ == "GroupNorm32":
+                module.float()
+            elif type(module).__name__ == "CrossAttention" and "forward" not in vars(module):
+                module.forward = sdpa_forward.__get__(module)
+        if hasattr(unet, "dtype"):
+            unet.dtype = dtype
+        embed = getattr(unet, "time_embed", None)
+        if embed is not None and not getattr(embed, "_dato_casts", False):
+            embed.register_forward_pre_hook(_cast_to_weights)
+            embed._dato_casts = True
+    return unet
 
 
 @torch.no_grad()
@@ -187,7 +233,8 @@ def randomize_zero_init(unet: torch.nn.Module, seed: int = 0, std: float = 0.02)
 
 
 def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None,
-                              dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+                              ) -> torch.nn.Module:
     """The UNet of an SD1.x or SDXL ``.safetensors``/``.ckpt`` (keys ``model.diffusion_model.*``).
 
     Without ``config``, SDXL base is recognised by its size-vector embedding (``label_emb``).
@@ -217,7 +264,7 @@ def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None
     if missing or unexpected:
         raise ValueError(f"{path}: UNet weights do not match the config (missing {len(missing)}, "
                          f"unexpected {len(unexpected)}; e.g. {(missing or unexpected)[:3]})")
-    return unet.to(dtype).eval().requires_grad_(False)
+    return place_unet(unet, device, dtype)
 
 
 def size_vector_width(unet: torch.nn.Module) -> int | None:

@@ -42,6 +42,8 @@ class QualityConfig:
     threads: int = 0
     only: tuple[str, ...] = ()
     study: str = ""  # "" = every benchmark variant; "tokens" = the token-method study (token_study_variants)
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -59,7 +61,7 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     from dato.evaluation.fixture import FixtureScorer, load_fixture
 
     torch.manual_seed(config.seed)
-    fx = load_fixture()
+    fx = load_fixture(device=config.device, dtype=config.dtype)
     scorer = FixtureScorer(fx)
     labels = torch.arange(fx.num_classes).repeat_interleave(config.per_class)
     noise = fx.noise(len(labels), config.seed)
@@ -107,10 +109,15 @@ def select_variants(variants: list[Variant], only: tuple[str, ...]) -> list[Vari
 
 
 def _sample(fx, variant: Variant, labels: torch.Tensor, noise: torch.Tensor, config: QualityConfig):
+    from dato.evaluation.device import synchronize
+
+    device = next(fx.unet.parameters()).device
     with applied(fx.unet, variant, config.seed) as on_step:
+        synchronize(device)
         start = time.perf_counter()
         latents = fx.sample(labels, noise=noise, steps=config.steps, sampler=config.sampler, on_step=on_step)
-        return latents, time.perf_counter() - start
+        synchronize(device)
+        return latents.float().cpu(), time.perf_counter() - start
 
 
 def format_markdown(rows: list[dict], timing: bool) -> str:

@@ -196,6 +196,7 @@ def _run_ddim(
     eps: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, on_step: StepCallback | None
 ) -> torch.Tensor:
     timesteps = ddim_timesteps(len(alphas_cumprod), steps)
+    alphas_cumprod = alphas_cumprod.cpu()  # read on the host once (no float64 on MPS, no sync per step)
     a = alphas_cumprod[timesteps].to(torch.float64)
     a_prev = torch.cat([alphas_cumprod[:1].to(torch.float64), a[:-1]])
     for i in range(steps):

@@ -48,6 +48,8 @@ class CompareConfig:
     search_samples: int = 4
     generators: tuple[str, ...] = GENERATORS
     out: str = "docs/compare"
+    device: str = "cpu"
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 (dato.evaluation.device.DTYPES)
 
 
 class Evaluator:
@@ -59,7 +61,10 @@ class Evaluator:
         from dato.evaluation.fixture import FixtureScorer, load_fixture
 
         self.config = config
-        self.backend = fixture_backend(steps=config.steps, batch_size=10 * config.per_class)
+        from dato.evaluation.device import DTYPES
+
+        self.backend = fixture_backend(steps=config.steps, batch_size=10 * config.per_class, device=config.device,
+                                       dtype=DTYPES[config.dtype])
         self.scorer = FixtureScorer(load_fixture())
         prompts = fixture_prompts()
         self.labels = [d for d in range(10) for _ in range(config.per_class)]
@@ -109,7 +114,7 @@ def build_generators(config: CompareConfig) -> dict[str, tuple[ScheduleGenerator
         "uniform": (UniformGenerator(depth=0), shared),
         "calibration": (calibration, shared),
         "calibration-noreuse": (calibration.variant(allow_reuse=False), shared),
-        "nsga2": (search, lambda ev: fixture_backend(steps=c.steps)),
+        "nsga2": (search, lambda ev: fixture_backend(steps=c.steps, device=c.device, dtype=ev.backend.dtype)),
         "gates": (gates, shared),
     }
 
