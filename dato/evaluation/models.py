@@ -205,7 +205,8 @@ def place_unet(unet: torch.nn.Module, device: torch.device | str = "cpu",
     the WebUI replaces it, and so does this: every ``CrossAttention`` runs through SDPA (:func:`sdpa_forward`).
     In fp32 nothing is added.
     """
-    unet = unet.to(device, dtype).eval().requires_grad_(False)
+    on_meta = any(p.is_meta for p in unet.parameters())  # shape-only builds (layout, MACs) stay where they are
+    unet = (unet.to(dtype) if on_meta else unet.to(device, dtype)).eval().requires_grad_(False)
     if dtype != torch.float32:
         for module in unet.modules():
             if type(module).__name__ == "GroupNorm32":
