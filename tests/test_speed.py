@@ -126,3 +126,32 @@ def test_an_unreachable_target_says_the_nearest_reachable(sd15_cost):
                                           rf"{math.floor(top * 100) / 100:.2f}x"):
         target_schedule(sd15_cost, 50, 8, 64, 64)
     target_schedule(sd15_cost, math.floor(top * 100) / 100, 8, 64, 64)
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_target_prints_a_schedule_that_meets_it(capsys):
+    from dato.__main__ import main
+
+    assert main(["target", "4", "--steps", "10", "--sampler", "heun"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("target-4x: ") and "at 10 steps (heun, 512x512), hash " in out
+    assert float(out.split(": ", 1)[1].split("x", 1)[0]) >= 4
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1000", "fast"])
+def test_cli_bad_target_is_one_line_naming_the_field(value, capsys):
+    from dato.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["target", value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: target {value}: expected a speed-up factor 1 <= N <= 100 "
+                                       "(1 = every step full)\n")
+
+
+def test_cli_unreachable_target_names_the_nearest(capsys):
+    from dato.__main__ import main
+
+    assert main(["target", "50", "--steps", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: target = 50: not reachable at 8 steps; the nearest reachable is ")

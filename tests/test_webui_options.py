@@ -18,9 +18,10 @@ from dato.core.options import (
     normalize_pasted,
     pass_summary,
 )
+from dato.core.schedule import Schedule
 
 DOCUMENTED_ORDER = ["enabled", "method", "ratio", "schedule", "interval", "depth", "max_downsample", "hr_mode",
-                    "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth"]
+                    "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth", "speed_target"]
 
 
 def pasted_args(params, defaults=None):
@@ -71,7 +72,13 @@ def test_named_form_fills_over_the_defaults_and_means_enabled():
     ([True, "prune", 0.4, "balanced", 5, 0, 3], "argument 6 (max_downsample) = 3"),
     ([True, "prune", 0.4, "balanced", 5, 0, 1, "sometimes"], "argument 7 (hr_mode) = 'sometimes'"),
     ([True, "prune", 0.4, ""], "argument 3 (schedule) = ''"),
-    ([None] * 14, "got 14 arguments"),
+    ([None] * 15, "got 15 arguments"),
+    ([None] * 13 + [-2], "argument 13 (speed_target) = -2.0: expected a speed-up factor 1 <= N <= 100 "
+                         "(1 = every step full) or 0 = off"),
+    ([None] * 13 + [0.5], "argument 13 (speed_target) = 0.5: expected a speed-up factor"),
+    ([None] * 13 + [1000], "argument 13 (speed_target) = 1000.0: expected a speed-up factor"),
+    ([None] * 13 + [float("nan")], "argument 13 (speed_target) = nan: expected a number"),
+    ([None] * 13 + ["fast"], "argument 13 (speed_target) = 'fast': expected a number"),
     (["yes"], "argument 0 (enabled) = 'yes'"),
 ])
 def test_bad_arguments_are_named_by_position_and_name(bad, message):
@@ -158,3 +165,20 @@ def test_pass_summary_is_the_schedule_resampled():
     assert summary["preview"] == schedule.resample(12).preview() == "F0000F0000F0"
     assert (summary["full"], summary["cached"], summary["method"]) == (3, 9, "prune")
     assert pass_summary(schedule.with_method("none"), 12)["ratio"] == [0.0] * 12
+
+
+def test_speed_target_is_the_last_argument_and_zero_means_off():
+    assert DatoArgs.from_args([True] + [None] * 12 + [4]).speed_target == 4.0
+    assert DatoArgs.from_args([True] + [None] * 12 + [0]).speed_target == 0.0
+    assert DatoArgs.from_args([{"speed_target": "2.5"}]).first_pass().target == 2.5
+    assert DatoArgs().speed_target == 0.0  # a 13-argument API call keeps working unchanged
+
+
+def test_infotext_records_the_target_and_the_hash_of_the_schedule_it_gave():
+    chosen = Schedule.uniform(20, 5, 0, 0.3, name="target-4x")
+    params = infotext_params(DatoArgs(enabled=True, speed_target=4), chosen)
+    assert params["DaTo speed target"] == 4.0
+    assert params["DaTo speed target hash"] == chosen.content_hash()
+    assert "DaTo schedule hash" not in params
+    assert "DaTo speed target" not in infotext_params(DatoArgs(enabled=True), None)
+    assert pasted_args({"DaTo": "True"}).speed_target == 0.0

@@ -10,6 +10,9 @@ WebUI then sets each control from its key).
 
 Nothing here imports the WebUI; a schedule is resolved through a ``load``
 callable so that the glue decides where user schedules live.
+
+Length: the order, the coercion of every kind and the infotext keys of the same
+arguments belong together; split, a new argument would be added in three places.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from dato.core.layout import SD1_LAYOUT
 from dato.core.schedule import MAX_DEPTH_LIMIT, METHODS, RATIO_LIMIT, Schedule, ScheduleError, ratio_allowed
+from dato.core.speed import TargetError, check_target
 
 __all__ = [
     "ARG_FIELDS",
@@ -74,7 +78,7 @@ class ArgField:
     """One script argument: its name (API dict key), position, type and what it means."""
 
     name: str
-    kind: str  # bool | method | ratio | schedule | int | downsample | hr_mode
+    kind: str  # bool | method | ratio | schedule | int | downsample | hr_mode | target
     help: str
 
 
@@ -94,6 +98,8 @@ ARG_FIELDS: tuple[ArgField, ...] = (
     ArgField("hr_schedule", "schedule", "hires pass (own): cache schedule"),
     ArgField("hr_interval", "interval", "hires pass (own): uniform N"),
     ArgField("hr_depth", "depth", "hires pass (own): uniform depth"),
+    ArgField("speed_target", "target", "make it N x faster (1..100; 0 = off): replaces the schedule and ratio with "
+                                       "the best-quality rule that meets N at the run's steps, sampler and size"),
 )
 ARG_NAMES: tuple[str, ...] = tuple(f.name for f in ARG_FIELDS)
 
@@ -108,6 +114,7 @@ class PassSettings:
     interval: int = 5
     depth: int = 0
     max_downsample: int = 1
+    target: float = 0.0
 
 
 
@@ -128,6 +135,7 @@ class DatoArgs:
     hr_schedule: str = "balanced"
     hr_interval: int = 3
     hr_depth: int = 0
+    speed_target: float = 0.0
 
     def __post_init__(self) -> None:
         for position, spec in enumerate(ARG_FIELDS):
@@ -194,7 +202,8 @@ class DatoArgs:
         return {name: getattr(self, name) for name in ARG_NAMES}
 
     def first_pass(self) -> PassSettings:
-        return PassSettings(self.method, self.ratio, self.schedule, self.interval, self.depth, self.max_downsample)
+        return PassSettings(self.method, self.ratio, self.schedule, self.interval, self.depth, self.max_downsample,
+                            self.speed_target)
 
     def hires_pass(self) -> PassSettings | None:
         """Settings of the hires-fix pass, or ``None`` when the extension stays off for it."""
@@ -264,6 +273,14 @@ def _coerce(spec: ArgField, value: Any, position: int) -> Any:
         if kind == "downsample" and integer not in DOWNSAMPLE_CHOICES:
             raise ArgsError(f"{where} = {value!r}: expected one of {', '.join(map(str, DOWNSAMPLE_CHOICES))}")
         return integer
+    if kind == "target":
+        number = _number(value, where)
+        if number == 0:
+            return 0.0
+        try:
+            return check_target(number, where)
+        except TargetError as exc:
+            raise ArgsError(f"{exc} or 0 = off") from None
     raise AssertionError(kind)
 
 
@@ -332,9 +349,11 @@ INFOTEXT_KEYS: dict[str, str] = {
     "interval": "DaTo interval", "depth": "DaTo depth", "max_downsample": "DaTo max downsample",
     "hr_mode": "DaTo hires", "hr_method": "DaTo hires method", "hr_ratio": "DaTo hires ratio",
     "hr_schedule": "DaTo hires schedule", "hr_interval": "DaTo hires interval", "hr_depth": "DaTo hires depth",
+    "speed_target": "DaTo speed target",
 }
-#: content hash of a named schedule file, beside its name.
-HASH_KEYS: dict[str, str] = {"schedule": "DaTo schedule hash", "hr_schedule": "DaTo hires schedule hash"}
+#: content hash of a named schedule file, beside its name; for a speed target, of the schedule it gave.
+HASH_KEYS: dict[str, str] = {"schedule": "DaTo schedule hash", "hr_schedule": "DaTo hires schedule hash",
+                             "speed_target": "DaTo speed target hash"}
 
 
 def _encode_pass(settings: PassSettings, source: Schedule | None, prefix: str) -> dict[str, Any]:
@@ -358,6 +377,11 @@ def infotext_params(args: DatoArgs, first_source: Schedule | None, hires_source:
         return {}
     out: dict[str, Any] = {INFOTEXT_KEYS["enabled"]: True}
     out.update(_encode_pass(args.first_pass(), first_source, ""))
+    if args.speed_target:  # the target replaced the schedule: record it and the hash of the schedule it gave
+        out.pop(HASH_KEYS["schedule"], None)
+        out[INFOTEXT_KEYS["speed_target"]] = args.speed_target
+        if first_source is not None:
+            out[HASH_KEYS["speed_target"]] = first_source.content_hash()
     if args.max_downsample != 1:
         out[INFOTEXT_KEYS["max_downsample"]] = args.max_downsample
     if has_hires and args.hr_mode != "same":
@@ -384,6 +408,7 @@ def normalize_pasted(params: dict[str, Any], lookup_hash: Callable[[str], str | 
         return []
     params.setdefault(INFOTEXT_KEYS["max_downsample"], "1")
     params.setdefault(INFOTEXT_KEYS["hr_mode"], "same")
+    params.setdefault(INFOTEXT_KEYS["speed_target"], "0")
     messages: list[str] = []
     for field in ("schedule", "hr_schedule"):
         name_key, hash_key = INFOTEXT_KEYS[field], HASH_KEYS[field]

@@ -20,8 +20,8 @@ from typing import Any
 from dato.core.macs import UNetCost
 from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError, short_repr
 
-__all__ = ["TARGET_LIMIT", "TargetError", "check_target", "expected_speedup", "target_family", "target_schedule",
-           "max_target"]
+__all__ = ["TARGET_LIMIT", "TargetError", "check_target", "clock_steps", "expected_speedup", "target_family",
+           "target_schedule", "max_target"]
 
 TARGET_LIMIT = 100.0  # no step count reaches this; a larger value is refused as a typo before any pricing
 _DEPTHS = (0, 1, 2, 3)
@@ -127,3 +127,9 @@ def target_schedule(cost: UNetCost, target: Any, steps: int, height: int, width:
                     f"steps: expected {speed:.2f}x", rule=rule,
                     provenance={"generator": "target", "target_speedup": target, "expected_speedup": round(speed, 4),
                                 "second_order": second_order})
+
+
+def clock_steps(steps: int, second_order: bool) -> int:
+    """How many steps the WebUI's step clock reports for ``steps`` sampler steps: a second-order sampler's
+    denoiser counts its model calls (``2 * steps - 1``), so the schedule is laid over those."""
+    return 2 * steps - 1 if second_order and steps > 1 else steps
