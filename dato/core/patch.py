@@ -124,6 +124,8 @@ class CallCache:
     shapes: dict[str, torch.Size] = field(default_factory=dict)
     last_output: torch.Tensor | None = None
     dynamics: torch.Tensor | None = None
+    probe: torch.Tensor | None = None  # adaptive mode: the probe block's output at the last full call
+    cached_run: int = 0  # adaptive mode: cached calls since that full one
 
 
 @dataclass
@@ -140,6 +142,7 @@ class CallContext:
     zero: torch.Tensor
     generator: torch.Generator | None
     level_plans: dict[Any, Any] = field(default_factory=dict)
+    pending: bool = False  # adaptive mode: cached unless the probe block's output changed too much
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,9 @@ class PatchOptions:
     use_rand: bool
     clock: str
     steps: int | None
+    adaptive: float | None = None
+    adaptive_depth: int = 0
+    adaptive_cap: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -169,6 +175,13 @@ class PatchOptions:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
             raise ScheduleError(f"steps = {self.steps!r}, expected an integer >= 1")
+        if self.adaptive is not None and (isinstance(self.adaptive, bool) or not isinstance(self.adaptive, (int, float))
+                                          or not math.isfinite(self.adaptive) or self.adaptive < 0):
+            raise ScheduleError(f"adaptive = {self.adaptive!r}, expected a threshold >= 0 (or None = off)")
+        if isinstance(self.adaptive_cap, bool) or not isinstance(self.adaptive_cap, int) or self.adaptive_cap < 1:
+            raise ScheduleError(f"adaptive_cap = {self.adaptive_cap!r}, expected an integer >= 1")
+        if isinstance(self.adaptive_depth, bool) or not isinstance(self.adaptive_depth, int):
+            raise ScheduleError(f"adaptive_depth = {self.adaptive_depth!r}, expected an integer depth")
 
 
 class DatoPatch:
@@ -194,6 +207,12 @@ class DatoPatch:
         self.stored_blocks = {self.layout.cached_feature_block(a) for a in schedule.cache if a >= 0}
         if REUSE in schedule.cache:
             self.stored_blocks.add("out")
+        self.probe_block: str | None = None
+        self.decisions: list[tuple[int, int]] = []  # adaptive mode: (step, action) of each call
+        if options.adaptive is not None:
+            self.layout.check_depth(options.adaptive_depth)
+            self.stored_blocks.add(self.layout.cached_feature_block(options.adaptive_depth))
+            self.probe_block = f"input.{options.adaptive_depth}"  # the deepest block a cached call computes anyway
         self.token_blocks = [
             (role, ds, block) for role, ds, block in transformer_blocks(unet, self.layout)
             if ds <= options.max_downsample
@@ -206,7 +225,7 @@ class DatoPatch:
             self._check_token_conflicts()
         self._hooks.append(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
         self._hooks.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
-        if any(a != FULL for a in self.schedule.cache):
+        if any(a != FULL for a in self.schedule.cache) or self.probe_block is not None:
             for role, module in block_modules(unet).items():
                 self._set(module, "forward", self._block_forward(role, module.forward))
         if self.uses_tokens:
@@ -283,8 +302,12 @@ class DatoPatch:
         action, ratio = (schedule.cache[step], schedule.ratio[step]) if step < schedule.steps else (FULL, 0.0)
         key = (self.clock.ordinal, tuple(x.shape), x.dtype, x.device)
         entry = self.calls.setdefault(key, CallCache())
-        if not self._ready(entry, action):
-            action = FULL
+        pending = False
+        if self.probe_block is not None:  # adaptive: cached if ready, under the cap, and the probe says so
+            action = self.options.adaptive_depth
+            pending = entry.probe is not None and entry.cached_run < self.options.adaptive_cap
+        if not self._ready(entry, action) or (self.probe_block is not None and not pending):
+            action, pending = FULL, False
         if action == FULL:
             skipped, feature = frozenset(), None
         elif action == REUSE:
@@ -296,9 +319,26 @@ class DatoPatch:
             action=action, ratio=ratio if self.uses_tokens else 0.0, step=step,
             size=(x.shape[-2], x.shape[-1]), entry=entry, skipped=skipped, feature_block=feature,
             zero=x.new_zeros(()), generator=self._generator(x.device, step, self.clock.ordinal) if use_gen else None,
+            pending=pending,
         )
         self.stats["calls"] += 1
+        if not pending:
+            self._count(action)
+
+    def _count(self, action: int) -> None:
         self.stats["full" if action == FULL else "reuse" if action == REUSE else "cached"] += 1
+
+    def _decide(self, ctx: CallContext, probe: torch.Tensor) -> None:
+        """Adaptive mode: stay cached only if the probe moved less than the threshold since the last full call."""
+        ctx.pending = False
+        last = ctx.entry.probe
+        change = float((probe - last).abs().mean() / last.abs().mean().clamp_min(1e-12)) \
+            if last is not None and last.shape == probe.shape else math.inf
+        if change < self.options.adaptive:
+            ctx.entry.cached_run += 1
+        else:
+            ctx.action, ctx.skipped, ctx.feature_block = FULL, frozenset(), None
+        self._count(ctx.action)
 
     def _ready(self, entry: CallCache, action: int) -> bool:
         """A cached action needs its feature stored by an earlier call of this key (a full one came first)."""
@@ -311,6 +351,8 @@ class DatoPatch:
         ctx, self.current = self.current, None
         if ctx is None or not torch.is_tensor(output):
             return
+        if self.probe_block is not None:
+            self.decisions.append((ctx.step, ctx.action))
         entry = ctx.entry
         if ctx.action == REUSE or not (self.uses_tokens and self.options.method == "prune"):
             return
@@ -330,6 +372,11 @@ class DatoPatch:
                     ctx.entry.shapes[role] = out.shape
                     if role in patch.stored_blocks:
                         ctx.entry.outputs[role] = out
+                    if role == patch.probe_block:
+                        if ctx.pending:
+                            patch._decide(ctx, out)
+                        if ctx.action == FULL:
+                            ctx.entry.probe, ctx.entry.cached_run = out, 0
                 return out
             if role == ctx.feature_block:
                 stored = ctx.entry.outputs[role]
@@ -406,6 +453,9 @@ def apply_patch(
     align_cfg: bool = True,
     use_rand: bool = True,
     clock: str = "auto",
+    adaptive: float | None = None,
+    adaptive_depth: int = 0,
+    adaptive_cap: int = 3,
 ) -> DatoPatch:
     """Patch ``model``'s ldm UNet (the UNet, a ``DiffusionWrapper`` or a ``LatentDiffusion``).
 
@@ -419,6 +469,10 @@ def apply_patch(
     * ``seed``, ``noise_alpha``, ``align_cfg``: DaTo base-token noise and cond/uncond alignment;
       ``use_rand``: ToMe's random dst cell (off = top-left, as tomesd's ``use_rand=False``).
     * ``clock``: ``auto`` (derived from timesteps) or ``manual`` (call :func:`set_step`).
+    * ``adaptive``: run-time caching (first-block-cache style) instead of the schedule's cache actions: a call
+      is cached at ``adaptive_depth`` when the output of ``input_blocks[adaptive_depth]`` (computed anyway)
+      changed by less than this relative mean-absolute threshold since the last full call, at most
+      ``adaptive_cap`` calls in a row; ``0`` = every call full (bit-identical); ``None`` = off.
 
     Applying again replaces the previous patch; it never stacks.
     """
@@ -444,6 +498,7 @@ def apply_patch(
     options = PatchOptions(
         method=base.method, max_downsample=max_downsample, seed=seed, noise_alpha=float(noise_alpha),
         align_cfg=bool(align_cfg), use_rand=bool(use_rand), clock=clock, steps=steps,
+        adaptive=adaptive, adaptive_depth=adaptive_depth, adaptive_cap=adaptive_cap,
     )
     remove_patch(unet)
     patch = DatoPatch(unet, base, options)
