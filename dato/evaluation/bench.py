@@ -92,6 +92,7 @@ class Variant:
     schedule: Schedule
     peer: str = ""
     group: str = ""
+    adaptive: float | None = None  # run-time caching threshold (dato.apply_patch's ``adaptive``), depth 0, cap 3
 
 
 @dataclass
@@ -302,7 +303,7 @@ def applied(unet: torch.nn.Module, variant: Variant, seed: int = 0) -> Iterator[
             tomesd.apply_patch(holder, ratio=variant.schedule.ratio[0], max_downsample=1)
             yield None
         else:
-            apply_patch(unet, variant.schedule, clock="manual", seed=seed)
+            apply_patch(unet, variant.schedule, clock="manual", seed=seed, adaptive=variant.adaptive)
             yield lambda i, n: set_step(unet, i, n)
     finally:
         remove_patch(unet)

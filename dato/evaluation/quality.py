@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 from dato.core.macs import trace_unet_cost
+from dato.core.patch import get_patch
+from dato.core.schedule import FULL, Schedule
+from dato.core.speed import TargetError, target_schedule
 from dato.evaluation.bench import Variant, applied, build_variants
 from dato.evaluation.metrics import fidelity
 
@@ -65,11 +68,12 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     cost = trace_unet_cost(fx.unet, context_len=fx.class_contexts([0]).shape[1])
     height, width = fx.latent_shape[-2:]
     full = cost.full_step_macs(height, width) * config.steps
-    variants = select_variants(build_variants(config.steps), config.only)
+    variants = select_variants(build_variants(config.steps) + speed_variants(cost, config.steps, height, width),
+                               config.only)
     rows: list[dict] = []
     reference = None
     for i, variant in enumerate(variants, 1):
-        latents, seconds = _sample(fx, variant, labels, noise, config)
+        latents, seconds, decisions = _sample(fx, variant, labels, noise, config)
         images = fx.to_images(latents)
         if reference is None:
             reference = (latents, images)
@@ -77,6 +81,13 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
         dist = scorer.score(images, labels)
         s = variant.schedule
         macs = cost.schedule_macs(s, height, width)
+        if decisions:  # adaptive: what ran, call by call (the preview shows each step's first call)
+            macs = config.steps * sum(cost.call_macs(height, width, a, 0.0, s.method) for _, a in decisions) \
+                / len(decisions)
+            firsts = {}
+            for step, action in decisions:
+                firsts.setdefault(step, action)
+            s = Schedule(s.name, tuple(firsts.get(i, FULL) for i in range(config.steps)), s.ratio, s.method)
         rows.append({
             "name": variant.name, "group": variant.group, "preview": s.preview(),
             "macs_speedup": full / macs, "seconds": seconds,
@@ -104,11 +115,27 @@ def select_variants(variants: list[Variant], only: tuple[str, ...]) -> list[Vari
     return [v for v in variants if v.group == "baseline" or v.name in only]
 
 
+def speed_variants(cost, steps: int, height: int, width: int) -> list[Variant]:
+    """Speed targets (priced on this model and size) and the adaptive run-time caching, for the quality rows."""
+    variants = []
+    for target in (2.0, 4.0, 6.0):
+        try:
+            s = target_schedule(cost, target, steps, height, width, method="prune")
+        except TargetError:  # not reachable at this step count on this model
+            continue
+        variants.append(Variant(f"target {target:g}x", s, group="target"))
+    for threshold in (0.1, 0.2, 0.3):
+        variants.append(Variant(f"adaptive {threshold:g}", Schedule.full(steps, 0.0, "none", name="adaptive"),
+                                group="adaptive", adaptive=threshold))
+    return variants
+
+
 def _sample(fx, variant: Variant, labels: torch.Tensor, noise: torch.Tensor, config: QualityConfig):
     with applied(fx.unet, variant, config.seed) as on_step:
+        patch = get_patch(fx.unet) if variant.adaptive is not None else None
         start = time.perf_counter()
         latents = fx.sample(labels, noise=noise, steps=config.steps, sampler=config.sampler, on_step=on_step)
-        return latents, time.perf_counter() - start
+        return latents, time.perf_counter() - start, list(patch.decisions) if patch is not None else []
 
 
 def format_markdown(rows: list[dict], timing: bool) -> str:
