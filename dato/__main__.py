@@ -22,6 +22,7 @@ COMMANDS = {
     "gates": ("dato.cli.gates", "DiP-GO-style gradient gates: learn a schedule at a MACs budget"),
     "compare": ("dato.cli.compare", "uniform vs calibration vs NSGA-II vs gates at equal MACs on the fixture"),
     "schedules": ("dato.cli.schedules", "list, show and validate schedule files"),
+    "target": ("dato.cli.target", "make it N x faster: the best-quality schedule meeting N at a step count"),
 }
 
 

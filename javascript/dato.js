@@ -25,6 +25,12 @@ var datoSources = {
     denoising: function(tab) {
         return tab === "img2img" ? "#img2img_denoising_strength input[type=number]" : null;
     },
+    width: function(tab) {
+        return "#" + tab + "_width input[type=number]";
+    },
+    height: function(tab) {
+        return "#" + tab + "_height input[type=number]";
+    },
 };
 
 function datoEscape(text) {
@@ -54,6 +60,7 @@ function datoPassHtml(pass) {
     var tokens = pass.method !== "none";
     head += " · " + pass.full + " full, " + pass.cached + " cached";
     if (tokens) head += " · " + datoEscape(pass.method) + " ≤ " + Math.max.apply(null, pass.ratio).toFixed(2);
+    if (pass.speedup) head += ' · <span class="dato-speedup">≈' + Number(pass.speedup).toFixed(2) + "× faster (MACs)</span>";
     head += "</div>";
     var cells = pass.cache.map(function(action, i) {
         var ratio = pass.ratio[i] || 0;
@@ -79,6 +86,7 @@ function datoSummaryText(data) {
     if (!first || first.off) return "";
     var text = first.name + " · " + first.full + "/" + first.steps + " full";
     if (first.method !== "none") text += " · " + first.method + " " + Math.max.apply(null, first.ratio).toFixed(2);
+    if (first.speedup) text += " · ≈" + Number(first.speedup).toFixed(2) + "×";
     return text;
 }
 

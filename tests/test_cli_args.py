@@ -236,7 +236,7 @@ def test_a_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(inputs, capsys
 def test_the_top_level_command_name_is_checked_too(capsys):
     assert run_cli(["serch"]) == 2
     assert capsys.readouterr().err == ("error: COMMAND 'serch': choose from demo, bench, search, quality, calibrate, "
-                                       "gates, compare, schedules\n")
+                                       "gates, compare, schedules, target\n")
 
 
 @pytest.mark.parametrize("argv", [

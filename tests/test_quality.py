@@ -71,3 +71,13 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_speed_target_and_adaptive_rows(tmp_path):
+    config = QualityConfig(steps=6, per_class=1, out=str(tmp_path), plot=False, only=("target 2x", "adaptive 0.3"))
+    rows = {r["name"]: r for r in run_quality(config, log=lambda m: None)}
+    assert rows["target 2x"]["macs_speedup"] >= 2
+    adaptive = rows["adaptive 0.3"]
+    assert adaptive["preview"][0] == "F" and len(adaptive["preview"]) == 6
+    assert adaptive["macs_speedup"] == pytest.approx(1.0) if set(adaptive["preview"]) == {"F"} \
+        else adaptive["macs_speedup"] > 1

@@ -106,7 +106,7 @@ def test_user_folder_overrides_presets_of_the_same_name(tmp_path):
         ({"cache": ["full"]}, "missing field 'name'"),
         ({"name": "x", "cache": "full"}, "cache = 'full', expected a list"),
         ({"name": "x", "cache": ["full"], "ratio": ["a"]}, "ratio = \\['a'\\], expected a list of numbers"),
-        ({"name": "x", "cache": ["full"], "rule": {"kind": "magic"}}, "only rule kind is 'uniform'"),
+        ({"name": "x", "cache": ["full"], "rule": {"kind": "magic"}}, "the rule kinds are 'uniform', 'cycle'"),
     ],
 )
 def test_invalid_schedule_data_names_the_field_and_value(data, message):
@@ -140,7 +140,7 @@ UNIFORM3 = {"name": "u", "cache": ["full", 0, 0, "full", 0, 0], "ratio": [0.4] *
 
 @pytest.mark.parametrize(("rule", "message"), [
     ("uniform", r"rule = 'uniform', expected an object"),
-    ({"kind": "magic", "interval": 3, "depth": 0, "ratio": 0.4}, r"rule.kind = 'magic'; the only rule kind"),
+    ({"kind": "magic", "interval": 3, "depth": 0, "ratio": 0.4}, r"rule.kind = 'magic'; the rule kinds are"),
     ({"interval": 3, "depth": 0, "ratio": 0.4}, r"rule.kind = None"),
     ({"kind": "uniform", "depth": 0, "ratio": 0.4}, r"rule is missing 'interval'"),
     ({"kind": "uniform", "interval": 3, "ratio": 0.4}, r"rule is missing 'depth'"),

@@ -325,3 +325,26 @@ def test_token_merging_on_the_hires_pass_only_turns_that_pass_to_caching(host, m
     info = result.infotexts[0]
     assert "DaTo method: prune" in info and "DaTo hires: own, DaTo hires method: none" in info
     assert "hires pass uses caching only" in result.comments
+
+
+def test_a_speed_target_picks_its_schedule_at_the_runs_step_count_and_says_so(host, model):
+    from dato.core.macs import trace_unet_cost
+    from dato.core.speed import expected_speedup
+
+    spy = Spy(model)
+    chosen = []
+    script_callbacks.on_cfg_denoiser(lambda params: chosen.append(dato.get_patch(model).schedule), name="test_t")
+    result = host.generate(alwayson_scripts={"dato": {"args": [{"speed_target": 3}]}}, steps=10, seed=1,
+                           width=64, height=64)
+    assert [s["patched"] for s in spy.seen] == [True] * 10 and {s["schedule"] for s in spy.seen} == {"target-3x"}
+    assert expected_speedup(trace_unet_cost(model), chosen[0], 8, 8) >= 3
+    assert f"DaTo speed target hash: {chosen[0].content_hash()}" in result.infotexts[0]
+    assert "DaTo speed target: 3.0" in result.infotexts[0]
+    assert dato.get_patch(model) is None
+
+
+def test_an_unreachable_speed_target_runs_unaccelerated_and_names_the_nearest(host, model):
+    spy = Spy(model)
+    result = host.generate(alwayson_scripts={"dato": {"args": [{"speed_target": 90}]}}, steps=4, seed=1)
+    assert not any(s["patched"] for s in spy.seen)
+    assert "speed_target = 90: not reachable at 4 steps; the nearest reachable is" in result.comments

@@ -18,10 +18,11 @@ from dato.core.options import (
     normalize_pasted,
     pass_summary,
 )
+from dato.core.schedule import Schedule
 
 DOCUMENTED_ORDER = ["enabled", "method", "ratio", "schedule", "interval", "depth", "max_downsample", "hr_mode",
                     "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth", "prune_variant",
-                    "downsample_factor", "downsample_factor2", "downsample_stop"]
+                    "downsample_factor", "downsample_factor2", "downsample_stop", "speed_target"]
 
 
 def pasted_args(params, defaults=None):
@@ -72,7 +73,13 @@ def test_named_form_fills_over_the_defaults_and_means_enabled():
     ([True, "prune", 0.4, "balanced", 5, 0, 3], "argument 6 (max_downsample) = 3"),
     ([True, "prune", 0.4, "balanced", 5, 0, 1, "sometimes"], "argument 7 (hr_mode) = 'sometimes'"),
     ([True, "prune", 0.4, ""], "argument 3 (schedule) = ''"),
-    ([None] * 18, "got 18 arguments"),
+    ([None] * 19, "got 19 arguments"),
+    ([None] * 17 + [-2], "argument 17 (speed_target) = -2.0: expected a speed-up factor 1 <= N <= 100 "
+                         "(1 = every step full) or 0 = off"),
+    ([None] * 17 + [0.5], "argument 17 (speed_target) = 0.5: expected a speed-up factor"),
+    ([None] * 17 + [1000], "argument 17 (speed_target) = 1000.0: expected a speed-up factor"),
+    ([None] * 17 + [float("nan")], "argument 17 (speed_target) = nan: expected a number"),
+    ([None] * 17 + ["fast"], "argument 17 (speed_target) = 'fast': expected a number"),
     (["yes"], "argument 0 (enabled) = 'yes'"),
 ])
 def test_bad_arguments_are_named_by_position_and_name(bad, message):
@@ -186,3 +193,20 @@ def test_token_options_reach_both_passes_and_the_infotext_only_when_set():
     assert pasted_args(params) == replace(args, hr_mode="same")
     assert "DaTo prune variant" not in infotext_params(DatoArgs(enabled=True), None)
     assert pasted_args(infotext_params(DatoArgs(enabled=True), None), args).prune_variant == "shared-plan"
+
+
+def test_speed_target_is_the_last_argument_and_zero_means_off():
+    assert DatoArgs.from_args([True] + [None] * 16 + [4]).speed_target == 4.0
+    assert DatoArgs.from_args([True] + [None] * 16 + [0]).speed_target == 0.0
+    assert DatoArgs.from_args([{"speed_target": "2.5"}]).first_pass().target == 2.5
+    assert DatoArgs().speed_target == 0.0  # a 13-argument API call keeps working unchanged
+
+
+def test_infotext_records_the_target_and_the_hash_of_the_schedule_it_gave():
+    chosen = Schedule.uniform(20, 5, 0, 0.3, name="target-4x")
+    params = infotext_params(DatoArgs(enabled=True, speed_target=4), chosen)
+    assert params["DaTo speed target"] == 4.0
+    assert params["DaTo speed target hash"] == chosen.content_hash()
+    assert "DaTo schedule hash" not in params
+    assert "DaTo speed target" not in infotext_params(DatoArgs(enabled=True), None)
+    assert pasted_args({"DaTo": "True"}).speed_target == 0.0

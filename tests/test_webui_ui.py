@@ -156,6 +156,22 @@ def test_preview_follows_the_steps_the_page_forwards(host):
     assert payload["context"] == raw  # echoed, so the page can tell a lost update from a stale one
 
 
+def test_preview_shows_the_expected_speedup_at_the_current_step_count(host):
+    from dato_webui import ui
+
+    values = dict(zip(ARG_NAMES[1:], DatoArgs(schedule="fast", method="schedule").to_args()[1:], strict=True))
+    assert ui.preview_data(values, {"steps": 10}, is_img2img=False)["passes"][0]["speedup"] == 8.42
+    assert ui.preview_data(values, {"steps": 11}, is_img2img=False)["passes"][0]["speedup"] == 5.29
+    targeted = dict(zip(ARG_NAMES[1:], DatoArgs(speed_target=3).to_args()[1:], strict=True))
+    for steps in (8, 10, 20, 30):
+        first = ui.preview_data(targeted, {"steps": steps}, is_img2img=False)["passes"][0]
+        assert first["name"] == "target-3x" and first["speedup"] >= 3 and first["steps"] == steps
+    assert "about 8.42x faster in MACs" in ui.preview_html(values, json.dumps({"steps": 10}), False)
+    too_far = dict(zip(ARG_NAMES[1:], DatoArgs(speed_target=60).to_args()[1:], strict=True))
+    html = ui.preview_html(too_far, json.dumps({"steps": 8}), False)
+    assert "dato-preview-error" in html and "speed_target = 60: not reachable at 8 steps" in html
+
+
 def test_preview_explains_invalid_combinations(host):
     from dato_webui import ui
 

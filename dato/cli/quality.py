@@ -47,9 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_dir("--out", args.out)
     from dato.evaluation.bench import build_variants, token_study_variants
+    from dato.evaluation.quality import SPEED_VARIANT_NAMES
 
     pool = token_study_variants(args.steps) if args.study == "tokens" else build_variants(args.steps)
-    known = {v.name for v in pool}
+    known = {v.name for v in pool} | set(SPEED_VARIANT_NAMES)
     for name in args.only:
         if name not in known:
             raise bad("--only", name, f"unknown variant; known: {', '.join(sorted(known))}")

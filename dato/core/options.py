@@ -10,6 +10,9 @@ WebUI then sets each control from its key).
 
 Nothing here imports the WebUI; a schedule is resolved through a ``load``
 callable so that the glue decides where user schedules live.
+
+Length: the order, the coercion of every kind and the infotext keys of the same
+arguments belong together; split, a new argument would be added in three places.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from dato.core.layout import SD1_LAYOUT
 from dato.core.schedule import MAX_DEPTH_LIMIT, METHODS, RATIO_LIMIT, Schedule, ScheduleError, ratio_allowed, short_repr
+from dato.core.speed import TargetError, check_target
 from dato.core.tokens import PRUNE_VARIANTS
 
 __all__ = [
@@ -75,7 +79,7 @@ class ArgField:
     """One script argument: its name (API dict key), position, type and what it means."""
 
     name: str
-    kind: str  # bool | method | ratio | schedule | int | downsample | hr_mode
+    kind: str  # bool | method | ratio | schedule | int | downsample | hr_mode | target
     help: str
 
 
@@ -101,6 +105,8 @@ ARG_FIELDS: tuple[ArgField, ...] = (
                                             "grid int(h / factor); 0 = from the ratio"),
     ArgField("downsample_factor2", "factor", "downsample (ToDo): factor on the second level (0 = the first's)"),
     ArgField("downsample_stop", "fraction", "downsample (ToDo): stop after this fraction of the steps (1 = never)"),
+    ArgField("speed_target", "target", "make it N x faster (1..100; 0 = off): replaces the schedule and ratio with "
+                                       "the best-quality rule that meets N at the run's steps, sampler and size"),
 )
 ARG_NAMES: tuple[str, ...] = tuple(f.name for f in ARG_FIELDS)
 
@@ -119,6 +125,7 @@ class PassSettings:
     downsample_factor: float = 0.0
     downsample_factor2: float = 0.0
     downsample_stop: float = 1.0
+    target: float = 0.0
 
     def patch_options(self) -> dict[str, Any]:
         """The :func:`dato.core.patch.apply_patch` keywords these settings give."""
@@ -148,6 +155,7 @@ class DatoArgs:
     downsample_factor: float = 0.0
     downsample_factor2: float = 0.0
     downsample_stop: float = 1.0
+    speed_target: float = 0.0
 
     def __post_init__(self) -> None:
         for position, spec in enumerate(ARG_FIELDS):
@@ -215,7 +223,7 @@ class DatoArgs:
 
     def first_pass(self) -> PassSettings:
         return PassSettings(self.method, self.ratio, self.schedule, self.interval, self.depth, self.max_downsample,
-                            *self._token_options())
+                            *self._token_options(), self.speed_target)
 
     def _token_options(self) -> tuple:
         return self.prune_variant, self.downsample_factor, self.downsample_factor2, self.downsample_stop
@@ -305,6 +313,14 @@ def _coerce(spec: ArgField, value: Any, position: int) -> Any:
         if not 0 <= number <= 1:
             raise ArgsError(f"{where} = {value!r}: expected a fraction of the steps 0..1")
         return number
+    if kind == "target":
+        number = _number(value, where)
+        if number == 0:
+            return 0.0
+        try:
+            return check_target(number, where)
+        except TargetError as exc:
+            raise ArgsError(f"{exc} or 0 = off") from None
     raise AssertionError(kind)
 
 
@@ -379,12 +395,14 @@ INFOTEXT_KEYS: dict[str, str] = {
     "hr_schedule": "DaTo hires schedule", "hr_interval": "DaTo hires interval", "hr_depth": "DaTo hires depth",
     "prune_variant": "DaTo prune variant", "downsample_factor": "DaTo ToDo factor",
     "downsample_factor2": "DaTo ToDo factor 2", "downsample_stop": "DaTo ToDo stop after",
+    "speed_target": "DaTo speed target",
 }
 #: Arguments written to the infotext only where they differ from this default (and restored to it on paste).
 _OPTIONAL_KEYS: dict[str, Any] = {"prune_variant": "shared-plan", "downsample_factor": 0.0,
                                   "downsample_factor2": 0.0, "downsample_stop": 1.0}
-#: content hash of a named schedule file, beside its name.
-HASH_KEYS: dict[str, str] = {"schedule": "DaTo schedule hash", "hr_schedule": "DaTo hires schedule hash"}
+#: content hash of a named schedule file, beside its name; for a speed target, of the schedule it gave.
+HASH_KEYS: dict[str, str] = {"schedule": "DaTo schedule hash", "hr_schedule": "DaTo hires schedule hash",
+                             "speed_target": "DaTo speed target hash"}
 
 
 def _encode_pass(settings: PassSettings, source: Schedule | None, prefix: str) -> dict[str, Any]:
@@ -408,6 +426,11 @@ def infotext_params(args: DatoArgs, first_source: Schedule | None, hires_source:
         return {}
     out: dict[str, Any] = {INFOTEXT_KEYS["enabled"]: True}
     out.update(_encode_pass(args.first_pass(), first_source, ""))
+    if args.speed_target:  # the target replaced the schedule: record it and the hash of the schedule it gave
+        out.pop(HASH_KEYS["schedule"], None)
+        out[INFOTEXT_KEYS["speed_target"]] = args.speed_target
+        if first_source is not None:
+            out[HASH_KEYS["speed_target"]] = first_source.content_hash()
     if args.max_downsample != 1:
         out[INFOTEXT_KEYS["max_downsample"]] = args.max_downsample
     for name, default in _OPTIONAL_KEYS.items():
@@ -439,6 +462,7 @@ def normalize_pasted(params: dict[str, Any], lookup_hash: Callable[[str], str | 
     params.setdefault(INFOTEXT_KEYS["hr_mode"], "same")
     for name, default in _OPTIONAL_KEYS.items():
         params.setdefault(INFOTEXT_KEYS[name], str(default))
+    params.setdefault(INFOTEXT_KEYS["speed_target"], "0")
     messages: list[str] = []
     for field in ("schedule", "hr_schedule"):
         name_key, hash_key = INFOTEXT_KEYS[field], HASH_KEYS[field]

@@ -130,6 +130,8 @@ class CallCache:
     shapes: dict[str, torch.Size] = field(default_factory=dict)
     last_output: torch.Tensor | None = None
     dynamics: torch.Tensor | None = None
+    probe: torch.Tensor | None = None  # adaptive mode: the probe block's output at the last full call
+    cached_run: int = 0  # adaptive mode: cached calls since that full one
 
 
 @dataclass
@@ -146,6 +148,7 @@ class CallContext:
     zero: torch.Tensor
     generator: torch.Generator | None
     level_plans: dict[Any, Any] = field(default_factory=dict)
+    pending: bool = False  # adaptive mode: cached unless the probe block's output changed too much
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,9 @@ class PatchOptions:
     downsample_factor: float = 0.0
     downsample_factor2: float = 0.0
     downsample_stop: float = 1.0
+    adaptive: float | None = None
+    adaptive_depth: int = 0
+    adaptive_cap: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -190,6 +196,13 @@ class PatchOptions:
         stop = self.downsample_stop
         if isinstance(stop, bool) or not isinstance(stop, (int, float)) or not 0 <= stop <= 1:
             raise ScheduleError(f"downsample_stop = {stop!r}, expected a fraction of the steps 0..1")
+        if self.adaptive is not None and (isinstance(self.adaptive, bool) or not isinstance(self.adaptive, (int, float))
+                                          or not math.isfinite(self.adaptive) or self.adaptive < 0):
+            raise ScheduleError(f"adaptive = {self.adaptive!r}, expected a threshold >= 0 (or None = off)")
+        if isinstance(self.adaptive_cap, bool) or not isinstance(self.adaptive_cap, int) or self.adaptive_cap < 1:
+            raise ScheduleError(f"adaptive_cap = {self.adaptive_cap!r}, expected an integer >= 1")
+        if isinstance(self.adaptive_depth, bool) or not isinstance(self.adaptive_depth, int):
+            raise ScheduleError(f"adaptive_depth = {self.adaptive_depth!r}, expected an integer depth")
 
 
 class DatoPatch:
@@ -214,6 +227,12 @@ class DatoPatch:
         self.stored_blocks = {self.layout.cached_feature_block(a) for a in schedule.cache if a >= 0}
         if REUSE in schedule.cache:
             self.stored_blocks.add("out")
+        self.probe_block: str | None = None
+        self.decisions: list[tuple[int, int]] = []  # adaptive mode: (step, action) of each call
+        if options.adaptive is not None:
+            self.layout.check_depth(options.adaptive_depth)
+            self.stored_blocks.add(self.layout.cached_feature_block(options.adaptive_depth))
+            self.probe_block = f"input.{options.adaptive_depth}"  # the deepest block a cached call computes anyway
         found = transformer_blocks(unet, self.layout)
         # token levels count from the finest level that has attention: ds 1 on SD1.x, 2 on SDXL (sgm)
         finest = min((ds for _, ds, _ in found), default=1)
@@ -241,7 +260,7 @@ class DatoPatch:
             self._check_token_conflicts()
         self._hooks.append(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
         self._hooks.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
-        if any(a != FULL for a in self.schedule.cache):
+        if any(a != FULL for a in self.schedule.cache) or self.probe_block is not None:
             for role, module in block_modules(unet).items():
                 self._set(module, "forward", self._block_forward(role, module.forward))
         if self.uses_tokens:
@@ -326,8 +345,12 @@ class DatoPatch:
             while len(self.calls) >= CALL_CACHES_MAX:
                 del self.calls[next(iter(self.calls))]
             entry = self.calls[key] = CallCache()
-        if not self._ready(entry, action):
-            action = FULL
+        pending = False
+        if self.probe_block is not None:  # adaptive: cached if ready, under the cap, and the probe says so
+            action = self.options.adaptive_depth
+            pending = entry.probe is not None and entry.cached_run < self.options.adaptive_cap
+        if not self._ready(entry, action) or (self.probe_block is not None and not pending):
+            action, pending = FULL, False
         if action == FULL:
             skipped, feature = frozenset(), None
         elif action == REUSE:
@@ -339,8 +362,13 @@ class DatoPatch:
             action=action, ratio=ratio if self.uses_tokens else 0.0, step=step,
             size=(x.shape[-2], x.shape[-1]), entry=entry, skipped=skipped, feature_block=feature,
             zero=self._zero(x), generator=self._generator(x.device, step, self.clock.ordinal) if use_gen else None,
+            pending=pending,
         )
         self.stats["calls"] += 1
+        if not pending:
+            self._count(action)
+
+    def _count(self, action: int) -> None:
         self.stats["full" if action == FULL else "reuse" if action == REUSE else "cached"] += 1
 
     def _zero(self, x: torch.Tensor) -> torch.Tensor:
@@ -350,6 +378,18 @@ class DatoPatch:
         if zero is None:
             zero = self._zeros[key] = x.new_zeros(())
         return zero
+
+    def _decide(self, ctx: CallContext, probe: torch.Tensor) -> None:
+        """Adaptive mode: stay cached only if the probe moved less than the threshold since the last full call."""
+        ctx.pending = False
+        last = ctx.entry.probe
+        change = float((probe - last).abs().mean() / last.abs().mean().clamp_min(1e-12)) \
+            if last is not None and last.shape == probe.shape else math.inf
+        if change < self.options.adaptive:
+            ctx.entry.cached_run += 1
+        else:
+            ctx.action, ctx.skipped, ctx.feature_block = FULL, frozenset(), None
+        self._count(ctx.action)
 
     def _ready(self, entry: CallCache, action: int) -> bool:
         """A cached action needs its feature stored by an earlier call of this key (a full one came first)."""
@@ -362,6 +402,8 @@ class DatoPatch:
         ctx, self.current = self.current, None
         if ctx is None or not torch.is_tensor(output):
             return
+        if self.probe_block is not None:
+            self.decisions.append((ctx.step, ctx.action))
         entry = ctx.entry
         if ctx.action == REUSE or not (self.uses_tokens and self.options.method == "prune"):
             return
@@ -381,6 +423,11 @@ class DatoPatch:
                     ctx.entry.shapes[role] = out.shape
                     if role in patch.stored_blocks:
                         ctx.entry.outputs[role] = out
+                    if role == patch.probe_block:
+                        if ctx.pending:
+                            patch._decide(ctx, out)
+                        if ctx.action == FULL:
+                            ctx.entry.probe, ctx.entry.cached_run = out, 0
                 return out
             if role == ctx.feature_block:
                 stored = ctx.entry.outputs[role]
@@ -476,6 +523,9 @@ def apply_patch(
     downsample_factor: float = 0.0,
     downsample_factor2: float = 0.0,
     downsample_stop: float = 1.0,
+    adaptive: float | None = None,
+    adaptive_depth: int = 0,
+    adaptive_cap: int = 3,
 ) -> DatoPatch:
     """Patch ``model``'s ldm UNet (the UNet, a ``DiffusionWrapper`` or a ``LatentDiffusion``).
 
@@ -497,6 +547,10 @@ def apply_patch(
       (keys/values on an ``int(h / factor)`` grid at every step whose ratio is > 0; 0 = from the ratio;
       the second level defaults to the first's); ``downsample_stop``: ToDo's "disable after", the
       fraction of each pass's steps after which ``downsample`` stops (1 = never).
+    * ``adaptive``: run-time caching (first-block-cache style) instead of the schedule's cache actions: a call
+      is cached at ``adaptive_depth`` when the output of ``input_blocks[adaptive_depth]`` (computed anyway)
+      changed by less than this relative mean-absolute threshold since the last full call, at most
+      ``adaptive_cap`` calls in a row; ``0`` = every call full (bit-identical); ``None`` = off.
 
     Applying again replaces the previous patch; it never stacks.
     """
@@ -524,6 +578,7 @@ def apply_patch(
         align_cfg=bool(align_cfg), use_rand=bool(use_rand), clock=clock, steps=steps,
         prune_variant=prune_variant, downsample_factor=downsample_factor, downsample_factor2=downsample_factor2,
         downsample_stop=downsample_stop,
+        adaptive=adaptive, adaptive_depth=adaptive_depth, adaptive_cap=adaptive_cap,
     )
     remove_patch(unet)
     patch = DatoPatch(unet, base, options)

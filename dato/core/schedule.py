@@ -60,8 +60,8 @@ METHODS = ("prune", "merge", "downsample", "none")
 FORMAT_VERSION = 1
 MAX_DEPTH_LIMIT = 63
 MAX_STEPS = 10_000  # the one step limit: schedules, resampling and every command's --steps
-RULE_KINDS = ("uniform",)
-_RULE_KEYS = ("kind", "interval", "depth", "ratio")
+RULE_KINDS = ("uniform", "cycle")
+_RULE_KEYS = {"uniform": ("kind", "interval", "depth", "ratio"), "cycle": ("kind", "cycle", "ratio")}
 _FLAT_LIST_RE = re.compile(r"\[\s+([^\[\]{}\"]*(?:\"[^\"\[\]]*\"[^\[\]{}\"]*)*)\s+\]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")
 
@@ -222,6 +222,38 @@ class Schedule:
         rule = {"kind": "uniform", "interval": interval, "depth": depth, "ratio": ratio}
         return cls(name or f"uniform-{interval}-d{depth}", cache, (ratio,) * steps, method, rule=rule)
 
+    @classmethod
+    def cycle(
+        cls,
+        steps: int,
+        cycle: Sequence[int | str],
+        ratio: float = 0.0,
+        method: str = "prune",
+        name: str | None = None,
+    ) -> Schedule:
+        """A repeating pattern of actions, e.g. ``["full", 0, "reuse", 0]``: step ``i`` takes ``cycle[i % len]``.
+
+        Regenerates exactly at any step count (the rule is kept), so its speed-up holds at
+        every step count up to the rounding of the last, partial cycle.
+        """
+        _check_steps(steps)
+        rule = {"kind": "cycle", "cycle": [_action_to_json(a) if _is_int(a) else a for a in cycle], "ratio": ratio}
+        actions = _cycle_actions(rule["cycle"], "cycle schedule: cycle")
+        cache = tuple(actions[i % len(actions)] for i in range(steps))
+        label = name or "cycle-" + "".join(action_label(a) for a in actions)[:40]
+        return cls(label, cache, (ratio,) * steps, method, rule=rule)
+
+    @classmethod
+    def from_rule(cls, rule: Mapping[str, Any], steps: int, method: str = "prune", name: str = "rule") -> Schedule:
+        """The schedule a rule (``uniform`` or ``cycle``, as in a schedule file) gives at ``steps`` steps."""
+        kind = rule.get("kind") if isinstance(rule, Mapping) else None
+        if kind == "uniform":
+            return cls.uniform(steps, rule.get("interval"), rule.get("depth"), float(rule.get("ratio", 0.0)),
+                               method, name)
+        if kind == "cycle":
+            return cls.cycle(steps, rule.get("cycle"), float(rule.get("ratio", 0.0)), method, name)
+        raise ScheduleError(f"rule.kind = {short_repr(kind)}; expected one of {', '.join(RULE_KINDS)}")
+
     def with_ratio(self, ratio: float | Sequence[float]) -> Schedule:
         """Same cache actions, a constant or per-step token ratio."""
         ratios = (float(ratio),) * self.steps if isinstance(ratio, (int, float)) else tuple(ratio)
@@ -239,7 +271,7 @@ class Schedule:
     def resample(self, steps: int) -> Schedule:
         """This schedule for ``steps`` sampling steps, on normalised progress.
 
-        A uniform rule regenerates exactly (every 5 stays every 5). Otherwise
+        A rule (uniform, cycle) regenerates exactly (every 5 stays every 5). Otherwise
         step ``i`` takes the action and ratio found at progress ``i/steps`` of
         the original; the first step is always full, so no cached step ever
         comes before a full one.
@@ -247,11 +279,8 @@ class Schedule:
         _check_steps(steps)
         if steps == self.steps:
             return self
-        if self.rule and self.rule.get("kind") == "uniform":
-            regenerated = Schedule.uniform(
-                steps, int(self.rule["interval"]), int(self.rule["depth"]), float(self.rule["ratio"]),
-                self.method, self.name,
-            )
+        if self.rule:
+            regenerated = Schedule.from_rule(self.rule, steps, self.method, self.name)
             return replace(regenerated, description=self.description, provenance=self.provenance)
         src = [min(self.steps - 1, (i * self.steps) // steps) for i in range(steps)]
         cache = [self.cache[j] for j in src]
@@ -384,6 +413,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _cycle_actions(raw: Any, where: str) -> tuple[int, ...]:
+    """A cycle's JSON actions as cache actions: a non-empty list starting with 'full'."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_STEPS:
+        raise ScheduleError(f"{where} = {short_repr(raw)}, expected a list of 1..{MAX_STEPS} actions "
+                            "starting with 'full'")
+    actions = tuple(_action_from_json(v, f"{where}[{i}]") for i, v in enumerate(raw))
+    if actions[0] != FULL:
+        raise ScheduleError(f"{where}[0] = {short_repr(raw[0])}; a cycle starts with 'full'")
+    return actions
+
+
 def _validate_rule(schedule: Schedule, label: str) -> None:
     """A rule must be complete, in range, and describe exactly the schedule's cache actions and ratios."""
     rule = schedule.rule
@@ -392,27 +432,38 @@ def _validate_rule(schedule: Schedule, label: str) -> None:
                             "{'kind': 'uniform', 'interval': 5, 'depth': 0, 'ratio': 0.0}")
     kind = rule.get("kind")
     if kind not in RULE_KINDS:
-        raise ScheduleError(f"{label}: rule.kind = {short_repr(kind)}; the only rule kind is 'uniform'")
-    unknown = [k for k in rule if k not in _RULE_KEYS]
+        raise ScheduleError(f"{label}: rule.kind = {short_repr(kind)}; the rule kinds are "
+                            f"{', '.join(map(repr, RULE_KINDS))}")
+    keys = _RULE_KEYS[kind]
+    unknown = [k for k in rule if k not in keys]
     if unknown:
         raise ScheduleError(f"{label}: rule has unknown field(s) {short_repr(', '.join(map(str, unknown[:8])))}; "
-                            f"a uniform rule has {', '.join(_RULE_KEYS)}")
-    for key in _RULE_KEYS[1:]:
+                            f"a {kind} rule has {', '.join(keys)}")
+    for key in keys[1:]:
         if key not in rule:
             raise ScheduleError(f"{label}: rule is missing {key!r}")
-    interval, depth, ratio = rule["interval"], rule["depth"], rule["ratio"]
-    if not _is_int(interval) or not 1 <= interval <= MAX_STEPS:
-        raise ScheduleError(f"{label}: rule.interval = {short_repr(interval)}, expected an integer 1..{MAX_STEPS}")
-    if not _is_int(depth) or not 0 <= depth <= MAX_DEPTH_LIMIT:
-        raise ScheduleError(f"{label}: rule.depth = {short_repr(depth)}, expected an integer 0..{MAX_DEPTH_LIMIT}")
+    ratio = rule["ratio"]
+    if kind == "uniform":
+        interval, depth = rule["interval"], rule["depth"]
+        if not _is_int(interval) or not 1 <= interval <= MAX_STEPS:
+            raise ScheduleError(
+                f"{label}: rule.interval = {short_repr(interval)}, expected an integer 1..{MAX_STEPS}")
+        if not _is_int(depth) or not 0 <= depth <= MAX_DEPTH_LIMIT:
+            raise ScheduleError(
+                f"{label}: rule.depth = {short_repr(depth)}, expected an integer 0..{MAX_DEPTH_LIMIT}")
+        pattern = (FULL,) + (depth,) * (interval - 1)
+        described = f"uniform, interval {interval}, depth {depth}"
+    else:
+        pattern = _cycle_actions(rule["cycle"], f"{label}: rule.cycle")
+        described = "cycle " + "".join(action_label(a) for a in pattern)[:40]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio_allowed(schedule.method, ratio):
         raise ScheduleError(f"{label}: rule.ratio = {short_repr(ratio)}; {schedule.method!r} needs "
                             f"{ratio_range(schedule.method)}")
     for i, action in enumerate(schedule.cache):
-        expected = FULL if i % interval == 0 else depth
+        expected = pattern[i % len(pattern)]
         if action != expected:
             raise ScheduleError(
-                f"{label}: rule (uniform, interval {interval}, depth {depth}) contradicts cache[{i}] = "
+                f"{label}: rule ({described}) contradicts cache[{i}] = "
                 f"{short_repr(_action_to_json(action))}; the rule gives {_action_to_json(expected)!r} "
                 "(fix the rule or drop it)")
     for i, r in enumerate(schedule.ratio):

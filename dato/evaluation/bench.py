@@ -97,6 +97,7 @@ class Variant:
     peer: str = ""
     group: str = ""
     options: dict = field(default_factory=dict)  # extra apply_patch options (prune_variant, downsample_*)
+    adaptive: float | None = None  # run-time caching threshold (dato.apply_patch's ``adaptive``), depth 0, cap 3
 
 
 @dataclass
@@ -356,7 +357,8 @@ def applied(unet: torch.nn.Module, variant: Variant, seed: int = 0) -> Iterator[
             tomesd.apply_patch(holder, ratio=variant.schedule.ratio[0], max_downsample=1)
             yield None
         else:
-            apply_patch(unet, variant.schedule, clock="manual", seed=seed, **variant.options)
+            apply_patch(unet, variant.schedule, clock="manual", seed=seed, adaptive=variant.adaptive,
+                        **variant.options)
             yield lambda i, n: set_step(unet, i, n)
     finally:
         remove_patch(unet)

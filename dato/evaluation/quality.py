@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 from dato.core.macs import trace_unet_cost
+from dato.core.patch import get_patch
+from dato.core.schedule import FULL, Schedule
+from dato.core.speed import TargetError, target_schedule
 from dato.evaluation.bench import Variant, applied, build_variants, macs_options, token_study_variants
 from dato.evaluation.metrics import fidelity
 
@@ -69,11 +72,11 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     height, width = fx.latent_shape[-2:]
     full = cost.full_step_macs(height, width) * config.steps
     pool = token_study_variants(config.steps) if config.study == "tokens" else build_variants(config.steps)
-    variants = select_variants(pool, config.only)
+    variants = select_variants(pool + speed_variants(cost, config.steps, height, width), config.only)
     rows: list[dict] = []
     reference = None
     for i, variant in enumerate(variants, 1):
-        latents, seconds = _sample(fx, variant, labels, noise, config)
+        latents, seconds, decisions = _sample(fx, variant, labels, noise, config)
         images = fx.to_images(latents)
         if reference is None:
             reference = (latents, images)
@@ -81,6 +84,13 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
         dist = scorer.score(images, labels)
         s = variant.schedule
         macs = cost.schedule_macs(s, height, width, **macs_options(variant))
+        if decisions:  # adaptive: what ran, call by call (the preview shows each step's first call)
+            macs = config.steps * sum(cost.call_macs(height, width, a, 0.0, s.method) for _, a in decisions) \
+                / len(decisions)
+            firsts = {}
+            for step, action in decisions:
+                firsts.setdefault(step, action)
+            s = Schedule(s.name, tuple(firsts.get(i, FULL) for i in range(config.steps)), s.ratio, s.method)
         rows.append({
             "name": variant.name, "group": variant.group, "preview": s.preview(),
             "macs_speedup": full / macs, "seconds": seconds,
@@ -102,10 +112,28 @@ def select_variants(variants: list[Variant], only: tuple[str, ...]) -> list[Vari
     if not only:
         return variants
     known = {v.name for v in variants}
-    unknown = [name for name in only if name not in known]
+    unknown = [name for name in only if name not in known and name not in SPEED_VARIANT_NAMES]  # unreachable: left out
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
     return [v for v in variants if v.group == "baseline" or v.name in only]
+
+
+SPEED_VARIANT_NAMES = ("target 2x", "target 4x", "target 6x", "adaptive 0.1", "adaptive 0.2", "adaptive 0.3")
+
+
+def speed_variants(cost, steps: int, height: int, width: int) -> list[Variant]:
+    """Speed targets (priced on this model and size) and the adaptive run-time caching, for the quality rows."""
+    variants = []
+    for target in (2.0, 4.0, 6.0):
+        try:
+            s = target_schedule(cost, target, steps, height, width, method="prune")
+        except TargetError:  # not reachable at this step count on this model
+            continue
+        variants.append(Variant(f"target {target:g}x", s, group="target"))
+    for threshold in (0.1, 0.2, 0.3):
+        variants.append(Variant(f"adaptive {threshold:g}", Schedule.full(steps, 0.0, "none", name="adaptive"),
+                                group="adaptive", adaptive=threshold))
+    return variants
 
 
 def _sample(fx, variant: Variant, labels: torch.Tensor, noise: torch.Tensor, config: QualityConfig):
@@ -113,11 +141,12 @@ def _sample(fx, variant: Variant, labels: torch.Tensor, noise: torch.Tensor, con
 
     device = next(fx.unet.parameters()).device
     with applied(fx.unet, variant, config.seed) as on_step:
+        patch = get_patch(fx.unet) if variant.adaptive is not None else None
         synchronize(device)
         start = time.perf_counter()
         latents = fx.sample(labels, noise=noise, steps=config.steps, sampler=config.sampler, on_step=on_step)
         synchronize(device)
-        return latents.float().cpu(), time.perf_counter() - start
+        return latents.float().cpu(), time.perf_counter() - start, list(patch.decisions) if patch is not None else []
 
 
 def format_markdown(rows: list[dict], timing: bool) -> str:

@@ -34,8 +34,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dato
+from dato.core.macs import trace_unet_cost
 from dato.core.options import ArgsError, DatoArgs, PassSettings, build_schedule, infotext_params
 from dato.core.schedule import Schedule, ScheduleError
+from dato.core.speed import clock_steps, target_schedule
 
 from . import store
 
@@ -166,6 +168,8 @@ class Runtime:
 
     def _plan(self, p: Any, settings: PassSettings, for_hr: bool) -> PassPlan:
         """The pass's settings and schedule, built once; rebuilt without tokens only when Token Merging is on."""
+        if settings.target:
+            return self._target_plan(p, settings, for_hr)
         schedule, source = build_schedule(settings, store.load)
         tome = self._token_merging_ratio(p, for_hr)
         if tome > 0 and settings.method != "none" and schedule.method != "none" and any(schedule.ratio):
@@ -177,6 +181,17 @@ class Runtime:
             settings = replace(settings, method="none")
             schedule, source = build_schedule(settings, store.load)
         return PassPlan(settings, schedule, source)
+
+    def _target_plan(self, p: Any, settings: PassSettings, for_hr: bool) -> PassPlan:
+        """A speed target: the best-quality rule meeting it at this pass's steps, sampler, size and token levels."""
+        method = settings.method if settings.method in ("prune", "merge", "downsample", "none") else "prune"
+        if self._token_merging_ratio(p, for_hr) > 0:
+            method = "none"
+        steps, height, width = pass_geometry(p, for_hr)
+        cost = trace_unet_cost(dato.find_unet(_shared().sd_model))
+        schedule = target_schedule(cost, settings.target, clock_steps(steps, is_second_order(p)), height, width,
+                                   method=method, max_downsample=settings.max_downsample, field="speed_target")
+        return PassPlan(replace(settings, method=method, ratio=schedule.ratio[0]), schedule, schedule)
 
     @staticmethod
     def _token_merging_ratio(p: Any, for_hr: bool) -> float:
@@ -373,6 +388,42 @@ def other_accelerator(unet: Any) -> str | None:
     if getattr(unet, "_deepcache_hooked", False):
         return "the DeepCache extension"
     return None
+
+
+SECOND_ORDER = frozenset({"Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ SDE"})
+
+
+def is_second_order(p: Any) -> bool:
+    """Whether the run's sampler calls the model twice a step (the WebUI's ``second_order`` sampler option)."""
+    name = str(getattr(p, "sampler_name", "") or "")
+    try:
+        from modules import sd_samplers
+
+        config = sd_samplers.find_sampler_config(name)
+        if config is not None:
+            return bool(config.options.get("second_order", False))
+    except Exception:  # noqa: BLE001 - the stand-in host or an older WebUI: fall back to the known names
+        pass
+    return name in SECOND_ORDER
+
+
+def pass_geometry(p: Any, for_hr: bool) -> tuple[int, int, int]:
+    """(sampler steps, latent height, latent width) of a pass, as the WebUI runs it."""
+    steps = int(getattr(p, "steps", 20) or 20)
+    height, width = int(getattr(p, "height", 512) or 512), int(getattr(p, "width", 512) or 512)
+    if for_hr:
+        steps = int(getattr(p, "hr_second_pass_steps", 0) or 0) or steps
+        height = int(getattr(p, "hr_upscale_to_y", 0) or 0) or height
+        width = int(getattr(p, "hr_upscale_to_x", 0) or 0) or width
+    elif getattr(p, "init_images", None) is not None and not _img2img_fix_steps():
+        strength = float(getattr(p, "denoising_strength", 0.75) or 0.75)
+        steps = int(min(strength, 0.999) * steps) + 1
+    return max(1, steps), max(1, height // 8), max(1, width // 8)
+
+
+def _img2img_fix_steps() -> bool:
+    opts = getattr(_shared(), "opts", None)
+    return bool(getattr(opts, "img2img_fix_steps", False))
 
 
 def denoiser_step(params: Any) -> tuple[Any, int, int]:

@@ -29,7 +29,8 @@ from dato.core.options import (
     build_schedule,
     pass_summary,
 )
-from dato.core.schedule import RATIO_LIMIT, ScheduleError
+from dato.core.schedule import METHODS, RATIO_LIMIT, ScheduleError
+from dato.core.speed import expected_speedup, target_schedule
 from dato.core.tokens import PRUNE_VARIANTS
 
 from . import settings, store
@@ -54,6 +55,8 @@ HINTS = {
     "todo": "ToDo downsample only: keys/values on an int(h / factor) grid, as the ToDo extension; "
             "0 = from the token ratio.",
     "hr_mode": "Hires. fix second pass: the same settings, no acceleration, or its own settings below.",
+    "speed_target": "Make it N× faster (analytic MACs, at this step count, sampler and size): picks the "
+                    "best-quality schedule and ratio that meet N, replacing the two above. 0 = off.",
 }
 
 
@@ -144,6 +147,10 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
         with FormRow(elem_classes=["dato-row"]):
             c["schedule"] = schedule_dropdown("schedule", d.schedule, "Cache schedule")
             refresh = ToolButton(value="\U0001f504", elem_id=_elem(script, "refresh"))
+        with FormRow(elem_classes=["dato-row"]):
+            c["speed_target"] = gr.Slider(label="Speed target (× faster, 0 = off)", minimum=0.0, maximum=10.0,
+                                          step=0.5, value=d.speed_target, elem_id=_elem(script, "speed_target"),
+                                          info=HINTS["speed_target"])
         with FormRow(elem_classes=["dato-row"], visible=d.schedule == SCHEDULE_UNIFORM) as uniform_row:
             c["interval"] = gr.Slider(label="Uniform: full step every N", minimum=1, maximum=25, step=1,
                                       value=d.interval, elem_id=_elem(script, "interval"), info=HINTS["interval"])
@@ -265,12 +272,37 @@ def preview_data(values: dict[str, Any], context: dict[str, Any], is_img2img: bo
         if pass_settings is None:
             passes.append({"label": label, "steps": n, "off": True})
             continue
-        schedule, _ = build_schedule(pass_settings, store.load)
+        height, width = (max(8, _int(context.get(k), 512)) // 8 for k in ("height", "width"))
+        if pass_settings.target:
+            method = pass_settings.method if pass_settings.method in METHODS else "prune"
+            schedule = target_schedule(reference_cost(), pass_settings.target, n, height, width, method=method,
+                                       max_downsample=pass_settings.max_downsample, field="speed_target")
+        else:
+            schedule, _ = build_schedule(pass_settings, store.load)
         summary = pass_summary(schedule, n)
         summary["label"] = label
         summary["name"] = schedule.name
+        summary["speedup"] = round(expected_speedup(reference_cost(), schedule.resample(n), height, width,
+                                                    max_downsample=pass_settings.max_downsample), 2)
         passes.append(summary)
     return {"passes": passes}
+
+
+_REFERENCE_COST: list[Any] = []
+
+
+def reference_cost() -> Any:
+    """The SD1.x UNet's cost model for previews (traced once on the meta device: shapes only, no weights)."""
+    if not _REFERENCE_COST:
+        import torch
+        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        from dato.core.macs import trace_unet_cost
+        from dato.evaluation.models import sd15_unet_config
+
+        with torch.device("meta"):
+            _REFERENCE_COST.append(trace_unet_cost(UNetModel(**sd15_unet_config())))
+    return _REFERENCE_COST[0]
 
 
 def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> str:
@@ -286,7 +318,8 @@ def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> 
             lines.append(f"{p['label']} ({p['steps']} steps): off")
         else:
             ratio = f", {p['method']} {max(p['ratio']):.2f}" if p["method"] != "none" else ""
-            lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}): {p['preview']}")
+            lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}, about {p['speedup']:.2f}x "
+                         f"faster in MACs): {p['preview']}")
     return preview_box(data, "<br>".join(html.escape(line) for line in lines))
 
 

@@ -1,0 +1,84 @@
+"""``python -m dato target N``: "make it N x faster" -> the schedule that meets N with the best expected quality.
+
+Priced on the SD1.x UNet (analytic MACs, traced on the meta device: no
+weights) at the given step count, sampler order, image size and token levels,
+as the WebUI's speed target does. ``--save NAME`` writes it to
+``schedules/user`` (a rule: it regenerates at any step count). Exit status 2
+with one ``error:`` line for a bad value or an unreachable target (the
+message says the nearest reachable speed-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dato.cli.common import (
+    BadValue,
+    CliError,
+    check_save,
+    int_range,
+    path_arg,
+    pixel_size,
+    save_named,
+    steps_int,
+)
+from dato.core.schedule import METHODS
+from dato.core.speed import TargetError, check_target, expected_speedup, target_schedule
+
+__all__ = ["add_arguments", "run", "sd15_cost"]
+
+
+def _target(value: str) -> float:
+    try:
+        return check_target(float(value), "target")
+    except (ValueError, TargetError):
+        raise BadValue(value, "expected a speed-up factor 1 <= N <= 100 (1 = every step full)") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", type=_target, help="speed-up factor, e.g. 1.5, 3 or 6 (analytic MACs)")
+    parser.add_argument("--steps", type=steps_int(1), default=20, help="sampling steps (default 20)")
+    parser.add_argument("--sampler", choices=("euler", "heun"), default="euler",
+                        help="first-order (euler, ddim, ...) or second-order (heun: two UNet calls a step)")
+    parser.add_argument("--width", type=pixel_size, default=512, help="image width in pixels (default 512)")
+    parser.add_argument("--height", type=pixel_size, default=512, help="image height in pixels (default 512)")
+    parser.add_argument("--method", choices=METHODS, default="prune", help="token method (none = caching only)")
+    parser.add_argument("--max-downsample", type=int_range(1, 8), default=1, choices=(1, 2, 4, 8),
+                        help="token reduction on levels with at most this downsample factor")
+    parser.add_argument("--save", default=None, help="save the schedule under this name in schedules/user")
+    parser.add_argument("--save-dir", type=path_arg, default=None, help="folder for --save (default schedules/user)")
+
+
+def sd15_cost():
+    """The SD1.x UNet's cost model (shapes only, traced on the meta device)."""
+    import torch
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from dato.core.macs import trace_unet_cost
+    from dato.evaluation.models import sd15_unet_config
+
+    with torch.device("meta"):
+        return trace_unet_cost(UNetModel(**sd15_unet_config()))
+
+
+def run(args: argparse.Namespace) -> int:
+    check_save("--save", args.save, args.save_dir)
+    cost = sd15_cost()
+    height, width, second = args.height // 8, args.width // 8, args.sampler == "heun"
+    try:
+        schedule = target_schedule(cost, args.target, args.steps, height, width, method=args.method,
+                                   max_downsample=args.max_downsample, second_order=second)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+    speed = expected_speedup(cost, schedule, height, width, max_downsample=args.max_downsample, second_order=second)
+    print(f"{schedule.name}: {speed:.2f}x MACs at {args.steps} steps ({args.sampler}, {args.width}x{args.height}), "
+          f"hash {schedule.content_hash()}")
+    print(f"  cache  {schedule.preview()}")
+    print(f"  ratio  {schedule.method} {schedule.ratio[0]:g}")
+    print(f"  rule   {dict(schedule.rule) if schedule.rule else None}")
+    if args.save:
+        path = save_named(schedule, args.save, args.save_dir)
+        if path is None:
+            return 2
+        print(f"saved {path}")
+    return 0
