@@ -39,7 +39,8 @@ def _load_glue():
 _load_glue()
 
 from dato_webui import api, deps, settings, store, ui, xyz  # noqa: E402
-from dato_webui.runtime import RUNTIME, take_handed_on  # noqa: E402
+from dato_webui.host import take_handed_on  # noqa: E402
+from dato_webui.runtime import RUNTIME  # noqa: E402
 
 SEARCH_TAB = os.environ.get("DATO_SEARCH_TAB", "1").strip().lower() not in ("0", "false", "off", "no")
 if SEARCH_TAB:  # the Search tab with its three generators (search, calibration, gates) and their routes

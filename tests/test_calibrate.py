@@ -239,5 +239,5 @@ def test_bad_recorder_arguments(tiny_unet):
         pass
     with pytest.raises(RuntimeError, match="recorded nothing"):
         rec.result()
-    with pytest.raises(TypeError, match="supports Stable Diffusion"):
+    with pytest.raises(TypeError, match="supports the UNets of Stable Diffusion"):
         CalibrationRecorder(torch.nn.Linear(2, 2), steps=5)

@@ -42,8 +42,9 @@ from dato.core.schedule import Schedule, short_repr
 from dato.generators.search import SearchCancelled
 from dato.generators.search.objectives import Samples
 
+from .host import STATE_LOCK, denoiser_step, hand_on
 from .requests import RequestError, Sampling
-from .runtime import RUNTIME, STATE_LOCK, denoiser_step, hand_on
+from .runtime import RUNTIME
 
 STEP_CLOCK = "dato_search_step_clock"
 TURN_GAP = 0.05  # seconds the gate thread waits after an iteration before taking queue_lock again
