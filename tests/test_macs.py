@@ -9,8 +9,9 @@ from dato.core.macs import trace_unet_cost
 from dato.core.schedule import FULL, REUSE, Schedule
 
 
-def hand_count(unet, height, width, context_len=77):
-    """Count conv/linear/attention MACs with hooks during a real forward at the target size."""
+def hand_count(unet, height, width, context_len=77, **forward_kwargs):
+    """Count conv/linear/attention MACs with hooks during a real forward at the target size (``forward_kwargs``:
+    e.g. SDXL's size vector ``y``)."""
     total = [0.0]
     handles = []
     for module in unet.modules():
@@ -30,7 +31,8 @@ def hand_count(unet, height, width, context_len=77):
                 total[0] += 2 * args[0].shape[1] * keys * m.to_q.out_features
             handles.append(module.register_forward_hook(attn_hook, with_kwargs=True))
     with torch.no_grad():
-        unet(torch.zeros(1, 4, height, width), torch.zeros(1), context=torch.zeros(1, context_len, 32))
+        unet(torch.zeros(1, 4, height, width), torch.zeros(1), context=torch.zeros(1, context_len, 32),
+             **forward_kwargs)
     for h in handles:
         h.remove()
     return total[0]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import UNetHolder, make_sdxl_inputs
 from ldm.modules.diffusionmodules.util import timestep_embedding
+from test_patch import module_state  # what a patch could leave behind, as for SD1
 
 import dato
 from dato.core.layout import (
@@ -49,16 +50,6 @@ def run_steps(unet, x, context, y, steps, manual=False):
 def baseline(unet, x, c, y, steps):
     dato.remove_patch(unet)
     return run_steps(unet, x, c, y, steps)
-
-
-def module_state(unet):
-    state = []
-    for name, m in unet.named_modules():
-        hooks = (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._forward_hooks_with_kwargs),
-                 len(m._forward_pre_hooks_with_kwargs))
-        extra = sorted(k for k in vars(m) if k in ("forward", "_forward", "_dato_patch"))
-        state.append((name, type(m).__name__, hooks, tuple(extra)))
-    return state
 
 
 # ------------------------------------------------------------------ layout
