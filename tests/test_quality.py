@@ -81,3 +81,19 @@ def test_speed_target_and_adaptive_rows(tmp_path):
     assert adaptive["preview"][0] == "F" and len(adaptive["preview"]) == 6
     assert adaptive["macs_speedup"] == pytest.approx(1.0) if set(adaptive["preview"]) == {"F"} \
         else adaptive["macs_speedup"] > 1
+
+
+def test_the_token_study_runs_only_token_variants():
+    """--study tokens is the token-method comparison; the speed-target and adaptive rows belong to the default set."""
+    from dato.evaluation.bench import token_study_variants
+    from dato.evaluation.quality import SPEED_VARIANT_NAMES
+
+    names = {v.name for v in token_study_variants(10)}
+    assert names and not names & set(SPEED_VARIANT_NAMES)
+    from dato.cli import quality as quality_cli
+    from dato.cli.common import CliError
+
+    parser = argparse.ArgumentParser()
+    quality_cli.add_arguments(parser)
+    with pytest.raises(CliError, match="unknown variant"):
+        quality_cli.run(parser.parse_args(["--study", "tokens", "--only", "target 2x", "--no-plot"]))

@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from dato.evaluation.bench import build_variants, token_study_variants
     from dato.evaluation.quality import SPEED_VARIANT_NAMES
 
-    pool = token_study_variants(args.steps) if args.study == "tokens" else build_variants(args.steps)
-    known = {v.name for v in pool} | set(SPEED_VARIANT_NAMES)
+    if args.study == "tokens":
+        known = {v.name for v in token_study_variants(args.steps)}
+    else:
+        known = {v.name for v in build_variants(args.steps)} | set(SPEED_VARIANT_NAMES)
     for name in args.only:
         if name not in known:
             raise bad("--only", name, f"unknown variant; known: {', '.join(sorted(known))}")

@@ -71,8 +71,11 @@ def run_quality(config: QualityConfig, log: Callable[[str], None] = print) -> li
     cost = trace_unet_cost(fx.unet, context_len=fx.class_contexts([0]).shape[1])
     height, width = fx.latent_shape[-2:]
     full = cost.full_step_macs(height, width) * config.steps
-    pool = token_study_variants(config.steps) if config.study == "tokens" else build_variants(config.steps)
-    variants = select_variants(pool + speed_variants(cost, config.steps, height, width), config.only)
+    if config.study == "tokens":
+        pool = token_study_variants(config.steps)
+    else:
+        pool = build_variants(config.steps) + speed_variants(cost, config.steps, height, width)
+    variants = select_variants(pool, config.only)
     rows: list[dict] = []
     reference = None
     for i, variant in enumerate(variants, 1):
