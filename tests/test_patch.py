@@ -83,10 +83,12 @@ def test_remove_patch_restores_the_unet_exactly(unet):
     assert dato.remove_patch(unet) is False
 
 
-def reference_cached_step(unet, x, t, context, depth, stored_h):
-    """DeepCache's cached step written out by hand on the ldm UNet's own blocks."""
+def reference_cached_step(unet, x, t, context, depth, stored_h, y=None):
+    """DeepCache's cached step written out by hand on the UNet's own blocks (``y``: SDXL's size vector)."""
     n = len(unet.input_blocks)
     emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
+    if y is not None:
+        emb = emb + unet.label_emb(y)
     h, hs = x, []
     for k in range(depth + 1):
         h = unet.input_blocks[k](h, emb, context)

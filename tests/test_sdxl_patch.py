@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import UNetHolder, make_sdxl_inputs
-from ldm.modules.diffusionmodules.util import timestep_embedding
-from test_patch import module_state  # what a patch could leave behind, as for SD1
+from test_patch import module_state, reference_cached_step  # SD1's helpers; the reference takes y
 
 import dato
 from dato.core.layout import (
@@ -118,20 +117,6 @@ def test_remove_patch_restores_the_unet_exactly(xl):
     assert all(torch.equal(a, b) for a, b in zip(ref, run_steps(xl, x, c, y, 3), strict=True))
 
 
-def reference_cached_step(unet, x, t, context, y, depth, stored_h):
-    """DeepCache's cached step written out by hand on the sgm UNet's own blocks (size vector included)."""
-    n = len(unet.input_blocks)
-    emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False)) + unet.label_emb(y)
-    h, hs = x, []
-    for k in range(depth + 1):
-        h = unet.input_blocks[k](h, emb, context)
-        hs.append(h)
-    h = stored_h
-    for j in range(n - 1 - depth, n):
-        h = unet.output_blocks[j](torch.cat([h, hs.pop()], dim=1), emb, context)
-    return unet.out(h)
-
-
 @pytest.mark.parametrize("depth", range(9))
 def test_a_cached_step_equals_the_hand_built_reference_at_every_depth(xl, depth):
     x, c, y = make_sdxl_inputs()
@@ -144,7 +129,7 @@ def test_a_cached_step_equals_the_hand_built_reference_at_every_depth(xl, depth)
     handle.remove()
     x2, y2 = torch.randn_like(x), torch.randn_like(y)  # the size vector of the cached call is the fresh one
     with torch.no_grad():
-        want = reference_cached_step(xl, x2, torch.full((2,), 800.0), c, y2, depth, stored["h"])
+        want = reference_cached_step(xl, x2, torch.full((2,), 800.0), c, depth, stored["h"], y=y2)
     dato.apply_patch(xl, Schedule("s", (FULL, depth), (0.0, 0.0), "none"))
     with torch.no_grad():
         xl(x, torch.full((2,), 999.0), context=c, y=y)
