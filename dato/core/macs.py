@@ -19,7 +19,7 @@ import torch
 
 from dato.core.layout import UNetLayout, find_unet, role_of
 from dato.core.schedule import FULL, REUSE, Schedule
-from dato.core.tokens import todo_size
+from dato.core.tokens import reduction_counts, todo_size
 
 __all__ = ["UNetCost", "trace_unet_cost"]
 
@@ -134,8 +134,7 @@ def _reduced_tokens(height: int, width: int, ds: int, ratio: float, method: str,
         scale = math.sqrt(1.0 - ratio)
         kv = max(1, round(grid_h * scale)) * max(1, round(grid_w * scale))
         return n, kv
-    n_dst = (grid_h // 2) * (grid_w // 2)
-    kept = n - min(int(n * ratio), n - n_dst)
+    kept = n - reduction_counts(n, (grid_h, grid_w), ratio)[1]
     return kept, kept
 
 

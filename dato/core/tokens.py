@@ -176,6 +176,14 @@ def _build_patch_positions(grid_h: int, grid_w: int, device: torch.device) -> to
     return ((2 * py + cy) * grid_w + (2 * px + cx)).reshape(hp * wp, 4)
 
 
+def reduction_counts(num_tokens: int, grid: tuple[int, int], ratio: float) -> tuple[int, int]:
+    """(base tokens: one per whole 2x2 patch, tokens removed at ``ratio``): the one rule ``prune``, ``merge``
+    and the MACs model (:mod:`dato.core.macs`) share; every base token is kept."""
+    grid_h, grid_w = grid
+    num_dst = (grid_h // 2) * (grid_w // 2)
+    return num_dst, min(int(num_tokens * ratio), num_tokens - num_dst)
+
+
 def patch_grid_choice(score: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
     """Per 2x2 patch, which of its 4 cells has the highest ``score`` (``(B, N)`` -> ``(B, hp*wp)``)."""
     batch = score.shape[0]
@@ -263,8 +271,7 @@ def prune_plan(
         raise ValueError(f"restore = {restore!r}, expected 'base' or 'kept'")
     batch, num_tokens, _ = metric.shape
     grid_h, grid_w = grid
-    num_dst = (grid_h // 2) * (grid_w // 2)
-    num_prune = min(int(num_tokens * ratio), num_tokens - num_dst)
+    num_dst, num_prune = reduction_counts(num_tokens, grid, ratio)
     if num_prune <= 0 or num_dst == 0:
         return None
     with torch.no_grad():
@@ -304,8 +311,7 @@ def merge_plan(
     the ``N * ratio`` src tokens closest to a dst token are mean-merged into it."""
     batch, num_tokens, _ = metric.shape
     grid_h, grid_w = grid
-    num_dst = (grid_h // 2) * (grid_w // 2)
-    num_merge = min(int(num_tokens * ratio), num_tokens - num_dst)
+    num_dst, num_merge = reduction_counts(num_tokens, grid, ratio)
     if num_merge <= 0 or num_dst == 0:
         return None
     with torch.no_grad():
