@@ -40,12 +40,14 @@ function datoEscape(text) {
 }
 
 function datoActionLabel(action) {
+    if (action === -3) return "full or cached, decided during the run";
     if (action === -1) return "full";
     if (action === -2) return "reuse";
     return "cached d" + action;
 }
 
 function datoCellClass(action) {
+    if (action === -3) return "dato-adaptive";
     if (action === -1) return "dato-full";
     if (action === -2) return "dato-reuse";
     return "dato-cached dato-depth-" + Math.min(action, 11);
@@ -58,15 +60,18 @@ function datoPassHtml(pass) {
         return '<div class="dato-pass">' + head + ' · <span class="dato-off">off</span></div></div>';
     }
     var tokens = pass.method !== "none";
-    head += " · " + pass.full + " full, " + pass.cached + " cached";
+    var adaptive = pass.adaptive;
+    head += adaptive ? " · adaptive caching (threshold " + Number(adaptive.threshold) + ", ≤ " + adaptive.cap + " cached in a row)"
+        : " · " + pass.full + " full, " + pass.cached + " cached";
     if (tokens) head += " · " + datoEscape(pass.method) + " ≤ " + Math.max.apply(null, pass.ratio).toFixed(2);
-    if (pass.speedup) head += ' · <span class="dato-speedup">≈' + Number(pass.speedup).toFixed(2) + "× faster (MACs)</span>";
+    if (pass.speedup) head += ' · <span class="dato-speedup">' + (adaptive ? "at most ≈" : "≈") + Number(pass.speedup).toFixed(2) + "× faster (MACs)</span>";
     head += "</div>";
     var cells = pass.cache.map(function(action, i) {
+        if (adaptive) action = i === 0 ? -1 : -3; // the first step is full; the rest are decided during the run
         var ratio = pass.ratio[i] || 0;
         var title = "step " + (i + 1) + ": " + datoActionLabel(action) + (tokens && ratio > 0 ? ", " + pass.method + " " + ratio.toFixed(2) : "");
         var bar = tokens && ratio > 0 ? '<span class="dato-ratio" style="height:' + Math.round(ratio / 0.75 * 100) + '%"></span>' : "";
-        var text = action >= 0 ? String(action) : action === -2 ? "R" : "";
+        var text = action >= 0 ? String(action) : action === -2 ? "R" : action === -3 ? "?" : "";
         return '<span class="dato-cell ' + datoCellClass(action) + '" title="' + datoEscape(title) + '">' + bar + '<span class="dato-cell-text">' + text + "</span></span>";
     });
     return '<div class="dato-pass">' + head + '<div class="dato-cells">' + cells.join("") + "</div></div>";
@@ -84,9 +89,9 @@ function datoPreviewHtml(data) {
 function datoSummaryText(data) {
     var first = data && data.passes && data.passes[0];
     if (!first || first.off) return "";
-    var text = first.name + " · " + first.full + "/" + first.steps + " full";
+    var text = first.adaptive ? "adaptive " + Number(first.adaptive.threshold) : first.name + " · " + first.full + "/" + first.steps + " full";
     if (first.method !== "none") text += " · " + first.method + " " + Math.max.apply(null, first.ratio).toFixed(2);
-    if (first.speedup) text += " · ≈" + Number(first.speedup).toFixed(2) + "×";
+    if (first.speedup) text += " · " + (first.adaptive ? "≤ " : "≈") + Number(first.speedup).toFixed(2) + "×";
     return text;
 }
 

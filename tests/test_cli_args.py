@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dato.__main__ import COMMANDS, main
 from dato.cli import common
@@ -109,6 +110,11 @@ BAD = [
     ("demo", ["--out", "{tmp}/afile"], "--out {tmp}/afile: exists and is not a folder"),
     # bench: a missing checkpoint used to be a traceback, 0 used to become the default
     ("bench", ["--ckpt", "/missing.safetensors"], "--ckpt /missing.safetensors: no such file"),
+    # a damaged or foreign checkpoint used to be a traceback after the output folder was made
+    ("bench", ["--ckpt", "{tmp}/model.ckpt"], "{tmp}/model.ckpt: not a readable torch (.ckpt) checkpoint ("),
+    ("bench", ["--ckpt", "{tmp}/model.safetensors"],
+     "{tmp}/model.safetensors: not a readable safetensors checkpoint (Error while deserializing header"),
+    ("bench", ["--ckpt", "{tmp}/vae.safetensors"], "{tmp}/vae.safetensors: no 'model.diffusion_model.*' weights"),
     ("bench", ["--steps", "0"], "--steps 0: expected an integer 2..10000"),
     ("bench", ["--steps", "1"], "--steps 1: expected an integer 2..10000"),
     ("bench", ["--repeats", "0"], "--repeats 0: expected an integer 1..1000"),
@@ -202,6 +208,10 @@ def inputs(tmp_path: Path) -> Path:
     (tmp_path / "bad-rule.json").write_text(json.dumps(bad_rule), encoding="utf-8")
     (tmp_path / "afile").write_text("not a folder", encoding="utf-8")
     (tmp_path / "model.ckpt").write_bytes(b"not a checkpoint")
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # a truncated header
+    from safetensors.torch import save_file
+
+    save_file({"first_stage_model.w": torch.zeros(2)}, str(tmp_path / "vae.safetensors"))
     (tmp_path / "save").mkdir()
     Schedule.full(4, name="taken").save(tmp_path / "save" / "taken.json")
     return tmp_path

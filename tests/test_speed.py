@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from dato.core.macs import trace_unet_cost
 from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError, load_schedule
 from dato.core.speed import TargetError, check_target, expected_speedup, max_target, target_schedule
 
@@ -19,13 +17,9 @@ STEP_COUNTS = range(8, 151)
 @pytest.fixture(scope="module")
 def sd15_cost():
     """The SD1.5 UNet's cost model, traced on the meta device (shapes only: no weights, no memory)."""
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from dato.evaluation.models import architecture_cost
 
-    from dato.evaluation.models import sd15_unet_config
-
-    with torch.device("meta"):
-        unet = UNetModel(**sd15_unet_config())
-    return trace_unet_cost(unet)
+    return architecture_cost("sd15")
 
 
 # ------------------------------------------------------------------ cycle rule
@@ -134,8 +128,21 @@ def test_cli_target_prints_a_schedule_that_meets_it(capsys):
 
     assert main(["target", "4", "--steps", "10", "--sampler", "heun"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("target-4x: ") and "at 10 steps (heun, 512x512), hash " in out
+    assert out.startswith("target-4x: ") and "at 10 steps (sd15, heun, 512x512), hash " in out
     assert float(out.split(": ", 1)[1].split("x", 1)[0]) >= 4
+
+
+def test_cli_target_prices_the_sdxl_unet_with_arch_sdxl(capsys):
+    from dato.__main__ import main
+    from dato.evaluation.models import architecture_cost
+
+    assert main(["target", "4", "--steps", "20", "--arch", "sdxl", "--width", "1024", "--height", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "at 20 steps (sdxl, euler, 1024x1024)" in out and float(out.split(": ", 1)[1].split("x", 1)[0]) >= 4
+    sdxl, sd15 = architecture_cost("sdxl"), architecture_cost("sd15")
+    assert sdxl.full_step_macs(128, 128) > 1.4 * sd15.full_step_macs(128, 128)  # SDXL's UNet, not SD1's
+    with pytest.raises(ValueError, match="architecture 'sd3': expected one of sd15, sdxl"):
+        architecture_cost("sd3")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1000", "fast"])

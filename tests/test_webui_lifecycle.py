@@ -277,6 +277,13 @@ def test_xyz_axes_are_registered_once_and_apply_per_cell_without_touching_settin
     assert "DaTo schedule: none" in schedules[0].infotexts[0] and "DaTo schedule: fast" in schedules[1].infotexts[0]
     with pytest.raises(RuntimeError, match="unknown schedule 'nope'"):
         host.generate(script=grid, script_run_args=("[DaTo] Cache schedule", ["nope"]), steps=3)
+    targets = host.generate(script=grid, script_run_args=("[DaTo] Speed target", ["2", "3"]), steps=10, seed=1,
+                            width=64, height=64)
+    assert "DaTo speed target: 2.0" in targets[0].infotexts[0] and "DaTo speed target: 3.0" in targets[1].infotexts[0]
+    adaptive = host.generate(script=grid, script_run_args=("[DaTo] Adaptive threshold", ["0", "0.5"]), steps=4)
+    assert "DaTo adaptive" not in adaptive[0].infotexts[0] and "DaTo adaptive: 0.5" in adaptive[1].infotexts[0]
+    with pytest.raises(RuntimeError, match=r"\[DaTo\] argument 18 \(adaptive\) = 2.0: expected a threshold 0..1"):
+        host.generate(script=grid, script_run_args=("[DaTo] Adaptive threshold", ["2"]), steps=3)
     assert shared.opts.data == settings_before
     assert dato.get_patch(model) is None
 
@@ -341,6 +348,29 @@ def test_a_speed_target_picks_its_schedule_at_the_runs_step_count_and_says_so(ho
     assert f"DaTo speed target hash: {chosen[0].content_hash()}" in result.infotexts[0]
     assert "DaTo speed target: 3.0" in result.infotexts[0]
     assert dato.get_patch(model) is None
+
+
+def test_adaptive_caching_decides_each_step_during_the_run_and_is_recorded(host, model, capsys):
+    """API arguments 18-19: run-time caching replaces the schedule's cells, and the infotext says so."""
+    decisions = []
+    script_callbacks.on_cfg_denoiser(lambda params: decisions.append(dato.get_patch(model).options), name="test_a")
+    off = host.generate(steps=12, seed=2, width=64, height=64)
+    capsys.readouterr()
+    args = {"dato": {"args": [{"schedule": "none", "method": "none", "adaptive": 0.9, "adaptive_cap": 2}]}}
+    result = host.generate(alwayson_scripts=args, steps=12, seed=2, width=64, height=64)
+    assert {(o.adaptive, o.adaptive_cap, o.adaptive_depth) for o in decisions[-12:]} == {(0.9, 2, 0)}
+    counts = capsys.readouterr().out.split("first pass: ", 1)[1].split("\n", 1)[0]
+    assert counts == "12 UNet calls, 4 full, 8 cached, 0 reused", counts  # threshold 0.9: cached up to the cap
+    assert not torch.equal(image(result), image(off)) and dato.get_patch(model) is None
+    infotext = result.infotexts[0]
+    assert "DaTo adaptive: 0.9" in infotext and "DaTo adaptive cap: 2" in infotext
+
+
+def test_adaptive_with_a_speed_target_is_refused_before_the_run(host, model):
+    spy = Spy(model)
+    result = host.generate(alwayson_scripts={"dato": {"args": [{"speed_target": 3, "adaptive": 0.2}]}}, steps=4)
+    assert not any(s["patched"] for s in spy.seen)
+    assert "speed_target = 3 and adaptive = 0.2: use one of the two" in result.comments
 
 
 def test_an_unreachable_speed_target_runs_unaccelerated_and_names_the_nearest(host, model):

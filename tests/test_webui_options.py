@@ -22,7 +22,8 @@ from dato.core.schedule import Schedule
 
 DOCUMENTED_ORDER = ["enabled", "method", "ratio", "schedule", "interval", "depth", "max_downsample", "hr_mode",
                     "hr_method", "hr_ratio", "hr_schedule", "hr_interval", "hr_depth", "prune_variant",
-                    "downsample_factor", "downsample_factor2", "downsample_stop", "speed_target"]
+                    "downsample_factor", "downsample_factor2", "downsample_stop", "speed_target", "adaptive",
+                    "adaptive_cap"]
 
 
 def pasted_args(params, defaults=None):
@@ -73,13 +74,22 @@ def test_named_form_fills_over_the_defaults_and_means_enabled():
     ([True, "prune", 0.4, "balanced", 5, 0, 3], "argument 6 (max_downsample) = 3"),
     ([True, "prune", 0.4, "balanced", 5, 0, 1, "sometimes"], "argument 7 (hr_mode) = 'sometimes'"),
     ([True, "prune", 0.4, ""], "argument 3 (schedule) = ''"),
-    ([None] * 19, "got 19 arguments"),
+    ([None] * 21, "got 21 arguments"),
     ([None] * 17 + [-2], "argument 17 (speed_target) = -2.0: expected a speed-up factor 1 <= N <= 100 "
                          "(1 = every step full) or 0 = off"),
     ([None] * 17 + [0.5], "argument 17 (speed_target) = 0.5: expected a speed-up factor"),
     ([None] * 17 + [1000], "argument 17 (speed_target) = 1000.0: expected a speed-up factor"),
     ([None] * 17 + [float("nan")], "argument 17 (speed_target) = nan: expected a number"),
     ([None] * 17 + ["fast"], "argument 17 (speed_target) = 'fast': expected a number"),
+    ([None] * 18 + [-0.1], "argument 18 (adaptive) = -0.1: expected a threshold 0..1 (0 = off)"),
+    ([None] * 18 + [1.5], "argument 18 (adaptive) = 1.5: expected a threshold 0..1 (0 = off)"),
+    ([None] * 18 + [float("nan")], "argument 18 (adaptive) = nan: expected a number"),
+    ([None] * 18 + ["often"], "argument 18 (adaptive) = 'often': expected a number"),
+    ([None] * 19 + [0], "argument 19 (adaptive_cap) = 0: expected a whole number 1..20"),
+    ([None] * 19 + [2.5], "argument 19 (adaptive_cap) = 2.5: expected a whole number 1..20"),
+    ([None] * 19 + [21], "argument 19 (adaptive_cap) = 21: expected a whole number 1..20"),
+    ([None] * 19 + [True], "argument 19 (adaptive_cap) = True: expected a number"),
+    ([{"speed_target": 4, "adaptive": 0.2}], "speed_target = 4 and adaptive = 0.2: use one of the two"),
     (["yes"], "argument 0 (enabled) = 'yes'"),
 ])
 def test_bad_arguments_are_named_by_position_and_name(bad, message):
@@ -186,7 +196,7 @@ def test_token_options_reach_both_passes_and_the_infotext_only_when_set():
     for settings in (args.first_pass(), args.hires_pass()):
         assert settings.patch_options() == {"max_downsample": 1, "prune_variant": "faithful",
                                             "downsample_factor": 1.5, "downsample_factor2": 0.0,
-                                            "downsample_stop": 0.6}
+                                            "downsample_stop": 0.6, "adaptive": None, "adaptive_cap": 3}
     params = infotext_params(args, None)
     assert params["DaTo prune variant"] == "faithful" and params["DaTo ToDo factor"] == 1.5
     assert "DaTo ToDo factor 2" not in params
@@ -200,6 +210,19 @@ def test_speed_target_is_the_last_argument_and_zero_means_off():
     assert DatoArgs.from_args([True] + [None] * 16 + [0]).speed_target == 0.0
     assert DatoArgs.from_args([{"speed_target": "2.5"}]).first_pass().target == 2.5
     assert DatoArgs().speed_target == 0.0  # a 13-argument API call keeps working unchanged
+
+
+def test_adaptive_caching_is_off_by_default_and_round_trips_through_the_infotext():
+    assert DatoArgs().adaptive == 0.0 and DatoArgs().first_pass().patch_options()["adaptive"] is None
+    args = DatoArgs(enabled=True, adaptive=0.15, adaptive_cap=5, hr_mode="own")
+    assert args.first_pass().patch_options()["adaptive"] == 0.15
+    assert args.hires_pass().patch_options()["adaptive_cap"] == 5  # run-time caching applies to both passes
+    params = infotext_params(args, load("balanced"), has_hires=True)
+    assert params["DaTo adaptive"] == 0.15 and params["DaTo adaptive cap"] == 5
+    assert pasted_args({k: str(v) for k, v in params.items()}) == args
+    plain = infotext_params(DatoArgs(enabled=True), None)
+    assert "DaTo adaptive" not in plain and "DaTo adaptive cap" not in plain
+    assert pasted_args({"DaTo": "True"}, defaults=DatoArgs(adaptive=0.3)).adaptive == 0.0  # a paste resets it
 
 
 def test_infotext_records_the_target_and_the_hash_of_the_schedule_it_gave():

@@ -172,6 +172,20 @@ def test_preview_shows_the_expected_speedup_at_the_current_step_count(host):
     assert "dato-preview-error" in html and "speed_target = 60: not reachable at 8 steps" in html
 
 
+def test_preview_of_adaptive_caching_prices_the_most_it_can_cache(host):
+    from dato_webui import ui
+
+    values = dict(zip(ARG_NAMES[1:], DatoArgs(method="none", adaptive=0.2, adaptive_cap=4).to_args()[1:], strict=True))
+    first = ui.preview_data(values, {"steps": 20}, is_img2img=False)["passes"][0]
+    assert first["adaptive"] == {"threshold": 0.2, "cap": 4}
+    every5 = dict(zip(ARG_NAMES[1:], DatoArgs(method="none", schedule="uniform", interval=5).to_args()[1:],
+                      strict=True))
+    assert first["speedup"] == ui.preview_data(every5, {"steps": 20}, is_img2img=False)["passes"][0]["speedup"]
+    html = ui.preview_html(values, json.dumps({"steps": 20}), False)
+    assert "adaptive caching, threshold 0.2, at most 4 cached in a row: at most about" in html
+    assert "decided during the run" in html
+
+
 def test_preview_explains_invalid_combinations(host):
     from dato_webui import ui
 

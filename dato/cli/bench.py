@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dato.cli.common import (
+    CliError,
     add_device_arguments,
     bad,
     check_output_dir,
@@ -82,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
                                         "only); use sdpa, as the WebUI does")
     if args.ckpt and args.ckpt.endswith(".safetensors"):
         require("bench", "safetensors", "safetensors", "for a .safetensors checkpoint")
+    if args.ckpt:  # before any folder or model: a damaged or foreign file is one line, not a traceback
+        from dato.evaluation.models import CheckpointError, check_checkpoint
+
+        try:
+            check_checkpoint(args.ckpt)
+        except CheckpointError as exc:
+            raise CliError(str(exc)) from None
     config = config_from_args(args)
     from dato.evaluation.bench import BenchReport, format_table, run_benchmark
 

@@ -1,7 +1,7 @@
 """``python -m dato target N``: "make it N x faster" -> the schedule that meets N with the best expected quality.
 
-Priced on the SD1.x UNet (analytic MACs, traced on the meta device: no
-weights) at the given step count, sampler order, image size and token levels,
+Priced on the SD1.x UNet, or SDXL's with ``--arch sdxl`` (analytic MACs, traced
+on the meta device: no weights), at the given step count, sampler order, image size and token levels,
 as the WebUI's speed target does. ``--save NAME`` writes it to
 ``schedules/user`` (a rule: it regenerates at any step count). Exit status 2
 with one ``error:`` line for a bad value or an unreachable target (the
@@ -24,8 +24,9 @@ from dato.cli.common import (
 )
 from dato.core.schedule import METHODS
 from dato.core.speed import TargetError, check_target, expected_speedup, target_schedule
+from dato.evaluation.models import ARCHITECTURES, architecture_cost
 
-__all__ = ["add_arguments", "run", "sd15_cost"]
+__all__ = ["add_arguments", "run"]
 
 
 def _target(value: str) -> float:
@@ -45,25 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="prune", help="token method (none = caching only)")
     parser.add_argument("--max-downsample", type=int_range(1, 8), default=1, choices=(1, 2, 4, 8),
                         help="token reduction on levels with at most this downsample factor")
+    parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default="sd15",
+                        help="the UNet to price: sd15 (SD1.x/2.x) or sdxl (SDXL base; its finest attention level "
+                             "is the first token level)")
     parser.add_argument("--save", default=None, help="save the schedule under this name in schedules/user")
     parser.add_argument("--save-dir", type=path_arg, default=None, help="folder for --save (default schedules/user)")
 
 
-def sd15_cost():
-    """The SD1.x UNet's cost model (shapes only, traced on the meta device)."""
-    import torch
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    from dato.core.macs import trace_unet_cost
-    from dato.evaluation.models import sd15_unet_config
-
-    with torch.device("meta"):
-        return trace_unet_cost(UNetModel(**sd15_unet_config()))
-
-
 def run(args: argparse.Namespace) -> int:
     check_save("--save", args.save, args.save_dir)
-    cost = sd15_cost()
+    cost = architecture_cost(args.arch)
     height, width, second = args.height // 8, args.width // 8, args.sampler == "heun"
     try:
         schedule = target_schedule(cost, args.target, args.steps, height, width, method=args.method,
@@ -71,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     except TargetError as exc:
         raise CliError(str(exc)) from None
     speed = expected_speedup(cost, schedule, height, width, max_downsample=args.max_downsample, second_order=second)
-    print(f"{schedule.name}: {speed:.2f}x MACs at {args.steps} steps ({args.sampler}, {args.width}x{args.height}), "
-          f"hash {schedule.content_hash()}")
+    print(f"{schedule.name}: {speed:.2f}x MACs at {args.steps} steps ({args.arch}, {args.sampler}, "
+          f"{args.width}x{args.height}), hash {schedule.content_hash()}")
     print(f"  cache  {schedule.preview()}")
     print(f"  ratio  {schedule.method} {schedule.ratio[0]:g}")
     print(f"  rule   {dict(schedule.rule) if schedule.rule else None}")

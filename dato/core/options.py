@@ -61,6 +61,7 @@ RESERVED_SCHEDULE_NAMES = frozenset({SCHEDULE_NONE, SCHEDULE_UNIFORM})
 #: What the hires-fix pass does: reuse the first pass's settings, nothing, or its own settings.
 HR_MODES: tuple[tuple[str, str], ...] = (("Same as first pass", "same"), ("Off", "off"), ("Own settings", "own"))
 DOWNSAMPLE_CHOICES = (1, 2, 4, 8)
+ADAPTIVE_CAP_LIMIT = 20  # adaptive caching: the most cached steps in a row the argument allows
 MAX_INTERVAL = 1000
 
 _METHOD_ALIASES = {label.lower(): value for label, value in METHOD_CHOICES}
@@ -79,7 +80,7 @@ class ArgField:
     """One script argument: its name (API dict key), position, type and what it means."""
 
     name: str
-    kind: str  # bool | method | ratio | schedule | int | downsample | hr_mode | target
+    kind: str  # bool | method | ratio | schedule | int | downsample | hr_mode | target | threshold | cap
     help: str
 
 
@@ -107,6 +108,10 @@ ARG_FIELDS: tuple[ArgField, ...] = (
     ArgField("downsample_stop", "fraction", "downsample (ToDo): stop after this fraction of the steps (1 = never)"),
     ArgField("speed_target", "target", "make it N x faster (1..100; 0 = off): replaces the schedule and ratio with "
                                        "the best-quality rule that meets N at the run's steps, sampler and size"),
+    ArgField("adaptive", "threshold", "adaptive caching (0 = off, else 0..1): a step is cached at depth 0 when the "
+                                      "first block's output changed by less than this since the last full step; "
+                                      "replaces the schedule's cache cells, keeps its token ratios"),
+    ArgField("adaptive_cap", "cap", "adaptive caching: at most this many cached steps in a row (1..20)"),
 )
 ARG_NAMES: tuple[str, ...] = tuple(f.name for f in ARG_FIELDS)
 
@@ -126,12 +131,15 @@ class PassSettings:
     downsample_factor2: float = 0.0
     downsample_stop: float = 1.0
     target: float = 0.0
+    adaptive: float = 0.0
+    adaptive_cap: int = 3
 
     def patch_options(self) -> dict[str, Any]:
         """The :func:`dato.core.patch.apply_patch` keywords these settings give."""
         return {"max_downsample": self.max_downsample, "prune_variant": self.prune_variant,
                 "downsample_factor": self.downsample_factor, "downsample_factor2": self.downsample_factor2,
-                "downsample_stop": self.downsample_stop}
+                "downsample_stop": self.downsample_stop, "adaptive": self.adaptive or None,
+                "adaptive_cap": self.adaptive_cap}
 
 
 @dataclass(frozen=True)
@@ -156,11 +164,17 @@ class DatoArgs:
     downsample_factor2: float = 0.0
     downsample_stop: float = 1.0
     speed_target: float = 0.0
+    adaptive: float = 0.0
+    adaptive_cap: int = 3
 
     def __post_init__(self) -> None:
         for position, spec in enumerate(ARG_FIELDS):
             value = _coerce(spec, getattr(self, spec.name), position)
             object.__setattr__(self, spec.name, value)
+        if self.speed_target and self.adaptive:
+            raise ArgsError(f"speed_target = {self.speed_target:g} and adaptive = {self.adaptive:g}: use one of the "
+                            "two (a target fixes the speed-up before the run; adaptive caching decides it during "
+                            "the run)")
 
     # ------------------------------------------------------------- builders
     @classmethod
@@ -223,7 +237,7 @@ class DatoArgs:
 
     def first_pass(self) -> PassSettings:
         return PassSettings(self.method, self.ratio, self.schedule, self.interval, self.depth, self.max_downsample,
-                            *self._token_options(), self.speed_target)
+                            *self._token_options(), self.speed_target, self.adaptive, self.adaptive_cap)
 
     def _token_options(self) -> tuple:
         return self.prune_variant, self.downsample_factor, self.downsample_factor2, self.downsample_stop
@@ -235,7 +249,8 @@ class DatoArgs:
         if self.hr_mode == "same":
             return self.first_pass()
         return PassSettings(self.hr_method, self.hr_ratio, self.hr_schedule, self.hr_interval, self.hr_depth,
-                            self.max_downsample, *self._token_options())
+                            self.max_downsample, *self._token_options(), adaptive=self.adaptive,
+                            adaptive_cap=self.adaptive_cap)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> DatoArgs:
         """Apply X/Y/Z-style overrides (named, validated)."""
@@ -313,6 +328,16 @@ def _coerce(spec: ArgField, value: Any, position: int) -> Any:
         if not 0 <= number <= 1:
             raise ArgsError(f"{where} = {value!r}: expected a fraction of the steps 0..1")
         return number
+    if kind == "threshold":
+        number = _number(value, where)
+        if not 0 <= number <= 1:
+            raise ArgsError(f"{where} = {short_repr(value)}: expected a threshold 0..1 (0 = off)")
+        return number
+    if kind == "cap":
+        number = _number(value, where)
+        if number != int(number) or not 1 <= number <= ADAPTIVE_CAP_LIMIT:
+            raise ArgsError(f"{where} = {short_repr(value)}: expected a whole number 1..{ADAPTIVE_CAP_LIMIT}")
+        return int(number)
     if kind == "target":
         number = _number(value, where)
         if number == 0:
@@ -395,11 +420,12 @@ INFOTEXT_KEYS: dict[str, str] = {
     "hr_schedule": "DaTo hires schedule", "hr_interval": "DaTo hires interval", "hr_depth": "DaTo hires depth",
     "prune_variant": "DaTo prune variant", "downsample_factor": "DaTo ToDo factor",
     "downsample_factor2": "DaTo ToDo factor 2", "downsample_stop": "DaTo ToDo stop after",
-    "speed_target": "DaTo speed target",
+    "speed_target": "DaTo speed target", "adaptive": "DaTo adaptive", "adaptive_cap": "DaTo adaptive cap",
 }
 #: Arguments written to the infotext only where they differ from this default (and restored to it on paste).
 _OPTIONAL_KEYS: dict[str, Any] = {"prune_variant": "shared-plan", "downsample_factor": 0.0,
-                                  "downsample_factor2": 0.0, "downsample_stop": 1.0}
+                                  "downsample_factor2": 0.0, "downsample_stop": 1.0, "adaptive": 0.0,
+                                  "adaptive_cap": 3}
 #: content hash of a named schedule file, beside its name; for a speed target, of the schedule it gave.
 HASH_KEYS: dict[str, str] = {"schedule": "DaTo schedule hash", "hr_schedule": "DaTo hires schedule hash",
                              "speed_target": "DaTo speed target hash"}

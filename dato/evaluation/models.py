@@ -22,6 +22,8 @@ parameter names, so SDXL checkpoints load into either.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +33,8 @@ from dato.core.layout import UNetLayout, block_modules
 
 __all__ = ["sd15_unet_config", "tiny_unet_config", "sdxl_unet_config", "tiny_sdxl_unet_config", "build_unet",
            "randomize_zero_init", "load_unet_from_checkpoint", "is_sdxl_config", "size_vector_width",
-           "sdxl_size_vector", "supply_size_vector", "place_unet"]
+           "sdxl_size_vector", "supply_size_vector", "place_unet", "ARCHITECTURES", "architecture_cost",
+           "CheckpointError", "check_checkpoint"]
 
 
 def sd15_unet_config() -> dict[str, Any]:
@@ -72,6 +75,10 @@ def tiny_sdxl_unet_config(model_channels: int = 32, context_dim: int = 32, adm_i
         channel_mult=[1, 2, 4], num_head_channels=8, use_spatial_transformer=True, use_linear_in_transformer=True,
         transformer_depth=[0, 1, 2], context_dim=context_dim, legacy=False,
     )
+
+
+#: built-in architectures by the name the CLI takes (``--arch``)
+ARCHITECTURES = {"sd15": sd15_unet_config, "sdxl": sdxl_unet_config}
 
 
 def is_sdxl_config(config: Mapping[str, Any]) -> bool:
@@ -176,6 +183,19 @@ def build_unet(config: Mapping[str, Any], seed: int = 0, randomize: bool = True,
     return place_unet(unet, device, dtype)
 
 
+def architecture_cost(arch: str = "sd15"):
+    """The analytic cost model (:class:`~dato.core.macs.UNetCost`) of a built-in architecture's UNet.
+
+    Traced on the meta device: shapes only, no weights, a second or two even for SDXL's 2.6G parameters.
+    """
+    from dato.core.macs import trace_unet_cost
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    with torch.device("meta"):
+        return trace_unet_cost(_construct(ARCHITECTURES[arch]()))
+
+
 def _cast_to_weights(module: torch.nn.Module, args: tuple) -> tuple:
     weight = next(module.parameters())
     return (args[0].to(weight.dtype), *args[1:])
@@ -233,6 +253,44 @@ def randomize_zero_init(unet: torch.nn.Module, seed: int = 0, std: float = 0.02)
             param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be read as a Stable Diffusion checkpoint; the message names it and says why."""
+
+
+def _read_state(path: str, mmap: bool) -> Mapping[str, Any]:
+    """The checkpoint's tensors by key (``mmap``: lazily, for a quick look); :class:`CheckpointError` if unreadable."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file, safe_open
+
+            if mmap:
+                with safe_open(str(path), framework="pt") as f:
+                    return dict.fromkeys(f.keys())
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except (OSError, RuntimeError, ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError) as exc:
+        kind = "safetensors" if str(path).endswith(".safetensors") else "torch (.ckpt)"
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {kind} checkpoint ({reason}); is the file complete?") from None
+    except Exception as exc:  # safetensors' own error type is not importable by name in every version
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc)[:160]}); "
+                              "is the file complete?") from None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state.get("state_dict", state)
+
+
+def check_checkpoint(path: str) -> None:
+    """Before anything heavy: the file reads as a checkpoint and has UNet weights (header/lazy read only)."""
+    if not any(str(k).startswith(UNET_PREFIX) for k in _read_state(path, mmap=True)):
+        raise CheckpointError(f"{path}: no '{UNET_PREFIX}*' weights; is this an SD1.x, SD2.x or SDXL checkpoint?")
+
+
+UNET_PREFIX = "model.diffusion_model."
+
+
 def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None,
                               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
                               ) -> torch.nn.Module:
@@ -240,17 +298,10 @@ def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None
 
     Without ``config``, SDXL base is recognised by its size-vector embedding (``label_emb``).
     """
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    prefix = "model.diffusion_model."
-    unet_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = _read_state(path, mmap=False)
+    unet_state = {k[len(UNET_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_PREFIX)}
     if not unet_state:
-        raise ValueError(f"{path}: no 'model.diffusion_model.*' weights; is this an SD1.x checkpoint?")
+        raise CheckpointError(f"{path}: no '{UNET_PREFIX}*' weights; is this an SD1.x, SD2.x or SDXL checkpoint?")
     if config is None and "label_emb.0.0.weight" in unet_state:
         if unet_state["label_emb.0.0.weight"].shape[1] != 2816:
             raise ValueError(f"{path}: an sgm UNet but not SDXL base (adm_in_channels "

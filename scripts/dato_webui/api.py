@@ -28,11 +28,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from dato.core.layout import DEFAULT_LAYOUT, UNetLayout, find_unet
 from dato.core.options import ARG_FIELDS, SCHEDULE_UNIFORM, ArgsError, DatoArgs, pass_summary
 from dato.core.schedule import MAX_STEPS, Schedule, ScheduleError, short_repr
 
 from . import settings, store
+from .host import loaded_layout
 from .requests import RequestError, error_response, parse_json, read_json
 
 PREFIX = "/dato/v1"
@@ -74,16 +74,6 @@ def check_args(args: Any) -> DatoArgs:
                              f"{schedule.max_cache_depth}, which")
                 raise ArgsError(f"{what} is deeper than the loaded model allows (0..{layout.max_depth})")
     return parsed
-
-
-def loaded_layout() -> UNetLayout:
-    """The loaded model's UNet layout; :data:`DEFAULT_LAYOUT` (SD1.x) when none is loaded or it is not ours."""
-    try:
-        from modules import shared
-
-        return UNetLayout.from_unet(find_unet(shared.sd_model))
-    except Exception:  # no model yet, or one the engine does not support (the run then says so)
-        return DEFAULT_LAYOUT
 
 
 def register(app: Any) -> None:

@@ -3,7 +3,7 @@
 The WebUI's shared state and its Interrupt/Skip hand-on (guarded by one lock,
 since job threads touch them), another accelerator that owns the UNet, the
 sampler's order, a pass's steps and latent size, the denoiser's step: small
-facts of v1.10.1, each read in one place so the runtime and the background
+facts of v1.10.1 (and the loaded model's UNet layout), each read in one place so the runtime and the background
 jobs agree on them.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from dato.core.layout import DEFAULT_LAYOUT, UNetLayout, find_unet
+
 TAG = "sd-webui-dato"
 
 
@@ -19,6 +21,14 @@ def _shared():
     from modules import shared
 
     return shared
+
+
+def loaded_layout() -> UNetLayout:
+    """The loaded model's UNet layout; :data:`DEFAULT_LAYOUT` (SD1.x) when none is loaded or it is not ours."""
+    try:
+        return UNetLayout.from_unet(find_unet(_shared().sd_model))
+    except Exception:  # noqa: BLE001 - no model yet, or one the engine does not support (the run then says so)
+        return DEFAULT_LAYOUT
 
 
 def tell(p: Any, message: str) -> None:

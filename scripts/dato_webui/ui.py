@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
 from dato.core.layout import DEFAULT_LAYOUT
 from dato.core.options import (
+    ADAPTIVE_CAP_LIMIT,
     ARG_NAMES,
     DOWNSAMPLE_CHOICES,
     HR_MODES,
@@ -29,11 +31,13 @@ from dato.core.options import (
     build_schedule,
     pass_summary,
 )
-from dato.core.schedule import METHODS, RATIO_LIMIT, ScheduleError
+from dato.core.schedule import METHODS, RATIO_LIMIT, Schedule, ScheduleError
 from dato.core.speed import expected_speedup, target_schedule
 from dato.core.tokens import PRUNE_VARIANTS
+from dato.evaluation.models import architecture_cost
 
 from . import settings, store
+from .host import loaded_layout
 
 DEEPEST = DEFAULT_LAYOUT.max_depth  # the depth sliders' range (the page is built before a model is known)
 HINTS = {
@@ -57,6 +61,10 @@ HINTS = {
     "hr_mode": "Hires. fix second pass: the same settings, no acceleration, or its own settings below.",
     "speed_target": "Make it N× faster (analytic MACs, at this step count, sampler and size): picks the "
                     "best-quality schedule and ratio that meet N, replacing the two above. 0 = off.",
+    "adaptive": "Adaptive caching (0 = off): each step is cached when the first block's output changed by less "
+                "than this since the last full step (0.1-0.3 to start); replaces the schedule's cells, keeps its "
+                "token ratios. Its speed-up is known after the run (the console line counts full and cached calls).",
+    "adaptive_cap": "Adaptive caching: at most this many cached steps in a row, then a full one.",
 }
 
 
@@ -151,6 +159,14 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
             c["speed_target"] = gr.Slider(label="Speed target (× faster, 0 = off)", minimum=0.0, maximum=10.0,
                                           step=0.5, value=d.speed_target, elem_id=_elem(script, "speed_target"),
                                           info=HINTS["speed_target"])
+        with gr.Accordion("Adaptive caching", open=False, elem_classes=["dato-details"]):
+            with FormRow(elem_classes=["dato-row"]):
+                c["adaptive"] = gr.Slider(label="Adaptive threshold (0 = off)", minimum=0.0, maximum=1.0, step=0.01,
+                                          value=d.adaptive, elem_id=_elem(script, "adaptive"),
+                                          info=HINTS["adaptive"])
+                c["adaptive_cap"] = gr.Slider(label="Adaptive: cached in a row at most", minimum=1,
+                                              maximum=ADAPTIVE_CAP_LIMIT, step=1, value=d.adaptive_cap,
+                                              elem_id=_elem(script, "adaptive_cap"), info=HINTS["adaptive_cap"])
         with FormRow(elem_classes=["dato-row"], visible=d.schedule == SCHEDULE_UNIFORM) as uniform_row:
             c["interval"] = gr.Slider(label="Uniform: full step every N", minimum=1, maximum=25, step=1,
                                       value=d.interval, elem_id=_elem(script, "interval"), info=HINTS["interval"])
@@ -275,34 +291,34 @@ def preview_data(values: dict[str, Any], context: dict[str, Any], is_img2img: bo
         height, width = (max(8, _int(context.get(k), 512)) // 8 for k in ("height", "width"))
         if pass_settings.target:
             method = pass_settings.method if pass_settings.method in METHODS else "prune"
-            schedule = target_schedule(reference_cost(), pass_settings.target, n, height, width, method=method,
+            schedule = target_schedule(preview_cost(), pass_settings.target, n, height, width, method=method,
                                        max_downsample=pass_settings.max_downsample, field="speed_target")
         else:
             schedule, _ = build_schedule(pass_settings, store.load)
         summary = pass_summary(schedule, n)
         summary["label"] = label
         summary["name"] = schedule.name
-        summary["speedup"] = round(expected_speedup(reference_cost(), schedule.resample(n), height, width,
+        priced = schedule.resample(n)
+        if pass_settings.adaptive:  # decided during the run: price the most it can cache (cap cached, then full)
+            summary["adaptive"] = {"threshold": pass_settings.adaptive, "cap": pass_settings.adaptive_cap}
+            bound = Schedule.uniform(n, pass_settings.adaptive_cap + 1, 0, 0.0, priced.method)
+            priced = replace(bound, ratio=priced.ratio)
+        summary["speedup"] = round(expected_speedup(preview_cost(), priced, height, width,
                                                     max_downsample=pass_settings.max_downsample), 2)
         passes.append(summary)
     return {"passes": passes}
 
 
-_REFERENCE_COST: list[Any] = []
+_PREVIEW_COSTS: dict[str, Any] = {}  # at most one per built-in architecture
 
 
-def reference_cost() -> Any:
-    """The SD1.x UNet's cost model for previews (traced once on the meta device: shapes only, no weights)."""
-    if not _REFERENCE_COST:
-        import torch
-        from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-        from dato.core.macs import trace_unet_cost
-        from dato.evaluation.models import sd15_unet_config
-
-        with torch.device("meta"):
-            _REFERENCE_COST.append(trace_unet_cost(UNetModel(**sd15_unet_config())))
-    return _REFERENCE_COST[0]
+def preview_cost() -> Any:
+    """The cost model the preview prices with: the loaded model's architecture (SDXL or SD1.x; SD1.x before a
+    model is loaded), traced once on the meta device (shapes only, no weights)."""
+    arch = "sdxl" if loaded_layout().family == "sdxl" else "sd15"
+    if arch not in _PREVIEW_COSTS:
+        _PREVIEW_COSTS[arch] = architecture_cost(arch)
+    return _PREVIEW_COSTS[arch]
 
 
 def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> str:
@@ -318,8 +334,14 @@ def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> 
             lines.append(f"{p['label']} ({p['steps']} steps): off")
         else:
             ratio = f", {p['method']} {max(p['ratio']):.2f}" if p["method"] != "none" else ""
-            lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}, about {p['speedup']:.2f}x "
-                         f"faster in MACs): {p['preview']}")
+            if p.get("adaptive"):
+                a = p["adaptive"]
+                lines.append(f"{p['label']} ({p['steps']} steps{ratio}): adaptive caching, threshold "
+                             f"{a['threshold']:g}, at most {a['cap']} cached in a row: at most about "
+                             f"{p['speedup']:.2f}x faster in MACs, decided during the run")
+            else:
+                lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}, about {p['speedup']:.2f}x "
+                             f"faster in MACs): {p['preview']}")
     return preview_box(data, "<br>".join(html.escape(line) for line in lines))
 
 

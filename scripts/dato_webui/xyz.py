@@ -1,4 +1,4 @@
-"""X/Y/Z plot axes: token method, token ratio, cache schedule.
+"""X/Y/Z plot axes: token method, token ratio, cache schedule, speed target, adaptive threshold.
 
 An axis value is written onto the plot cell's processing copy
 (``xyz_grid`` applies axes to ``copy(p)``), never into ``shared.opts``; the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dato.core.options import METHOD_CHOICES
+from dato.core.options import METHOD_CHOICES, ArgsError, DatoArgs
 from dato.core.schedule import short_repr
 
 from . import store
@@ -71,12 +71,26 @@ def add_axes() -> bool:
             if x not in known:
                 raise RuntimeError(f"[DaTo] unknown schedule {short_repr(x)}; installed: {', '.join(sorted(known))}")
 
+    def confirm_named(field: str):
+        def confirm(p, xs):  # the argument's own check, so the message is the one the API gives
+            for x in xs:
+                try:
+                    DatoArgs.from_dict({field: float(x)})
+                except (ArgsError, ValueError) as exc:
+                    raise RuntimeError(f"[DaTo] {exc}") from None
+
+        return confirm
+
     axes = [
         xyz.AxisOption("[DaTo] Token method", str, _setter("method", _method),
                        choices=lambda: [DISABLED] + [label for label, _ in METHOD_CHOICES]),
         xyz.AxisOption("[DaTo] Token ratio", float, _setter("ratio", float), confirm=confirm_ratio),
         xyz.AxisOption("[DaTo] Cache schedule", str, _setter("schedule"), confirm=confirm_schedule,
                        choices=store.names),
+        xyz.AxisOption("[DaTo] Speed target", float, _setter("speed_target", float),
+                       confirm=confirm_named("speed_target")),
+        xyz.AxisOption("[DaTo] Adaptive threshold", float, _setter("adaptive", float),
+                       confirm=confirm_named("adaptive")),
     ]
     for axis in axes:
         axis.dato_axis = True
