@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-import io
 import json
 import os
 import pickle
@@ -42,6 +41,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "imagereward_env"))
+import release_files  # noqa: E402  (test tooling beside make_venv.sh)
+
 DEPS = Path(os.environ.get("DATO_IMAGEREWARD_DEPS", ROOT / ".ci" / "ir-deps")).resolve()
 _NEEDS = ("torch", "torchvision", "transformers", "timm", "pymoo")
 _MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
@@ -54,17 +56,6 @@ pytestmark = [
         f"the real image-reward 1.5 is not set up here (missing: {', '.join(_MISSING)}); build its venv with "
         "tests/imagereward_env/make_venv.sh and run this file with .ci/ir-venv/bin/python")),
 ]
-
-# BLIP's med_config.json as THUDM/ImageReward publishes it (BERT-base; encoder_width is replaced by the ViT's).
-MED_CONFIG = {
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-    "encoder_width": 768, "add_cross_attention": True,
-}
-WORDS = ["a", "photo", "of", "red", "fox", "lighthouse", "at", "dusk", "cat", "blue", "sky"]
-
 
 def _hf_home() -> Path:
     """An offline Hugging Face cache holding ``bert-base-uncased``'s tokenizer (vocab made up, layout real).
@@ -79,10 +70,7 @@ def _hf_home() -> Path:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(rev)
     (home / "hub" / "version.txt").write_text("1")
-    specials = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    (snap / "vocab.txt").write_text("\n".join(specials + WORDS) + "\n")
-    (snap / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
-    (snap / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(specials) + len(WORDS)}))
+    release_files.write_tokenizer(snap)
     return home
 
 
@@ -152,41 +140,16 @@ def webui_restricted_load(original_load, messages: list[str]):
 
 
 # ------------------------------------------------------------------ release-format files
-def save_release_format(state: dict, path: Path) -> None:
-    """``torch.save`` the state dict, keeping the zip entries the release's torch wrote (see the docstring)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    keep = re.compile(r"^[^/]+/(data\.pkl|data/\d+|version)$")
-    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
-        for name in src.namelist():
-            if keep.match(name):
-                out.writestr("ImageReward/" + name.split("/", 1)[1], src.read(name))
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """``<root>/ImageReward.pt`` + ``med_config.json`` as a download leaves them, and a few reference tensors."""
     ir.clear_cache()
     root = tmp_path_factory.mktemp("ImageReward")
-    (root / "med_config.json").write_text(json.dumps(MED_CONFIG, indent=2))
-    module = ir._import_model_module()
-    torch.manual_seed(0)
-    model = module.ImageReward(med_config=str(root / "med_config.json"), device="cpu")
-    state = model.state_dict()
-    for name, tensor in state.items():  # random weights, not the package's init (zero biases hide key mix-ups)
-        if not tensor.is_floating_point():
-            continue
-        if tensor.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
-            tensor.normal_(1, 0.02)  # norm gains near 1: the signal reaches the reward head
-        elif tensor.dim() >= 2:
-            tensor.normal_(0, tensor[0].numel() ** -0.5)  # variance-preserving: images give different rewards
-        else:
-            tensor.normal_(0, 0.02)
-    save_release_format(state, root / "ImageReward.pt")
+    state = release_files.write_release(root, ir._import_model_module())
     reference = {k: state[k].clone() for k in ("mlp.layers.0.weight", "blip.visual_encoder.pos_embed",
                                                "blip.text_encoder.embeddings.word_embeddings.weight")}
     keys = list(state)
-    del model, state
+    del state
     yield root, reference, keys
     ir.clear_cache()
 
@@ -283,7 +246,7 @@ def test_a_checkpoint_the_webui_refuses_is_one_clear_error(release, tmp_path, mo
     root, _, _ = release
     (tmp_path / "med_config.json").write_bytes((root / "med_config.json").read_bytes())
     # a training checkpoint with its arguments, in the release's zip layout: argparse.Namespace is a forbidden global
-    save_release_format({"w": torch.zeros(2), "args": argparse_namespace()}, tmp_path / "ImageReward.pt")
+    release_files.save_release_format({"w": torch.zeros(2), "args": argparse_namespace()}, tmp_path / "ImageReward.pt")
     ir.clear_cache()
     messages: list[str] = []
     monkeypatch.setattr(torch, "load", webui_restricted_load(torch.load, messages))

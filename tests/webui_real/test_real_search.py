@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -182,6 +183,58 @@ def test_cancel_route_stops_a_running_search(webui, cleanup):
     assert requests.delete(f"{webui}{PREFIX}/{run_id}", timeout=60).status_code == 409
     results = requests.get(f"{webui}{PREFIX}/{run_id}/results", timeout=60)
     assert results.status_code == 200 and results.json()["status"] == "cancelled"
+
+
+def _user_txt2img(url: str, holder: dict, steps: int) -> None:
+    body = {"prompt": "a red fox", "negative_prompt": "", "seed": 1234, "steps": steps, "width": 128, "height": 128,
+            "sampler_name": "Euler", "cfg_scale": 7, "send_images": True, "save_images": False}
+    holder["answer"] = requests.post(url + "/sdapi/v1/txt2img", json=body, timeout=TIMEOUT)
+
+
+def _progress(url: str) -> dict:
+    return requests.get(url + "/sdapi/v1/progress", params={"skip_current_image": True}, timeout=60).json()
+
+
+def test_interrupt_stops_the_users_job_and_the_search_goes_on(webui, cleanup):
+    """Issue 12: a search running, the user's txt2img queued behind it, Interrupt pressed on the user's job."""
+    steps = 30
+    reference: dict = {}
+    _user_txt2img(webui, reference, steps)  # the same request, not interrupted
+    assert reference["answer"].status_code == 200, reference["answer"].text[:500]
+
+    run_id = _run_id("interrupt")
+    answer = requests.post(webui + PREFIX, json={**BODY, "generations": 3, "run_id": run_id}, timeout=120)
+    assert answer.status_code == 202, answer.text
+    st, _ = _wait(webui, run_id, lambda s: s["evaluations"] >= 1 or not s["running"])
+    assert st["running"], st
+    assert _progress(webui)["state"]["job_count"] == 0, "the search's images do not show in the progress bar"
+
+    user: dict = {}
+    thread = threading.Thread(target=_user_txt2img, args=(webui, user, steps))
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT
+    while (step := _progress(webui)["state"]["sampling_step"]) < 3:  # the bar shows the user's job only
+        assert time.monotonic() < deadline and thread.is_alive(), "the user's job never showed its steps"
+        time.sleep(0.5)
+    before = _status(webui, run_id)["evaluations"]
+    assert requests.post(webui + "/sdapi/v1/interrupt", timeout=60).status_code == 200
+    thread.join(TIMEOUT)
+    assert user["answer"].status_code == 200, user["answer"].text[:500]
+    interrupted = user["answer"].json()["images"][0]
+    assert interrupted != reference["answer"].json()["images"][0], "the user's job stopped early"
+    print(f"\n[interrupt] pressed at the user's step {step} of {steps}; the search had {before} evaluations")
+
+    st = _status(webui, run_id)
+    assert st["running"] and st["state"] not in ("cancelled", "failed"), st
+    st, seen = _wait(webui, run_id, lambda s: not s["running"])
+    if st.get("results_path"):
+        cleanup[0].append(Path(st["results_path"]).parent)
+    assert st["state"] == "done" and st["error"] is None, seen
+    assert st["evaluations"] > before, "the search went on after the Interrupt"
+    again: dict = {}
+    _user_txt2img(webui, again, steps)
+    assert again["answer"].json()["images"][0] == reference["answer"].json()["images"][0], \
+        "the next user job runs to the end: the Interrupt was not left pending"
 
 
 def test_search_routes_refuse_bad_requests_quickly(webui):

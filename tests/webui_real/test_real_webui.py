@@ -68,9 +68,9 @@ def test_extension_is_loaded_on_both_tabs(webui):
     scripts = requests.get(webui + "/sdapi/v1/scripts", timeout=60).json()
     assert "dato" in scripts["txt2img"] and "dato" in scripts["img2img"]
     info = [s for s in requests.get(webui + "/sdapi/v1/script-info", timeout=60).json() if s["name"] == "dato"]
-    assert len(info) == 2 and all(len(s["args"]) == 13 for s in info)
     spec = requests.get(webui + "/dato/v1/args", timeout=60).json()
     assert [a["name"] for a in spec["args"]][:4] == ["enabled", "method", "ratio", "schedule"]
+    assert len(info) == 2 and all(len(s["args"]) == len(spec["args"]) == 20 for s in info)
 
 
 def test_off_on_off_third_image_identical_to_first(runs):
@@ -104,7 +104,46 @@ def test_bad_arguments_are_refused_with_422_before_queueing(webui):
     answer = requests.post(webui + "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {
         "dato": {"args": [{"ratoi": 0.3}]}}}, timeout=120)
     assert answer.status_code == 422 and "unknown argument(s) 'ratoi'" in answer.json()["detail"]
+    answer = requests.post(webui + "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {
+        "dato": {"args": [{"schedule": "uniform", "depth": 20}]}}}, timeout=120)
+    assert answer.status_code == 422 and "deeper than the loaded model allows (0..11)" in answer.json()["detail"]
+    answer = requests.post(webui + "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {
+        "dato": {"args": [{"adaptive": 0.2, "speed_target": 3}]}}}, timeout=120)
+    assert answer.status_code == 422 and "use one of the two" in answer.json()["detail"]
+    bad_rule = {"name": "test-bad-rule", "cache": ["full", 0, 0], "ratio": [0.0] * 3, "method": "none",
+                "rule": {"kind": "uniform", "interval": 0, "depth": 0, "ratio": 0.0}}
+    answer = requests.post(webui + "/dato/v1/schedules", json=bad_rule, timeout=60)
+    assert answer.status_code == 422 and "interval" in answer.json()["detail"]
     assert time.perf_counter() - start < 60
+
+
+def _deepcache_installed(url: str) -> bool:
+    return "deepcache" in {s.lower() for s in requests.get(url + "/sdapi/v1/scripts", timeout=60).json()["txt2img"]}
+
+
+def test_another_step_cache_on_the_unet_is_detected_and_reported(webui):
+    """Issue 12: with the DeepCache extension on, our schedule is not applied, and the infotext says why."""
+    if not _deepcache_installed(webui):
+        pytest.skip("the DeepCache extension (sd-webui-deepcache-standalone) is not installed")
+    deepcache = {"deepcache_enable_pass": "both passes", "deepcache_cache_resnet_level": 0,
+                 "deepcache_cache_enable_step_percentage": 0.0, "deepcache_full_run_step_rate": 3}
+    small = {"width": 64, "height": 64, "steps": 6}
+    alone = txt2img(webui, None, override_settings=deepcache, **small)
+    both = txt2img(webui, ON, override_settings=deepcache, **small)
+    assert pixels(both) == pixels(alone), "DeepCache ran as it does alone; our patch stayed off"
+    info = both["info"]["infotexts"][0]
+    assert "DaTo off: the DeepCache extension" in info
+    plain = txt2img(webui, None, override_settings={"deepcache_enable_pass": "disable"}, **small)
+    assert pixels(plain) != pixels(alone)
+
+
+def test_adaptive_caching_through_the_api(webui):
+    small = {"width": 64, "height": 64, "steps": 8}
+    off = txt2img(webui, None, **small)
+    adaptive = txt2img(webui, [{"method": "none", "schedule": "none", "adaptive": 0.9, "adaptive_cap": 2}], **small)
+    info = adaptive["info"]["infotexts"][0]
+    assert "DaTo adaptive: 0.9" in info and "DaTo adaptive cap: 2" in info
+    assert pixels(adaptive) != pixels(off)
 
 
 def test_named_arguments_and_hires_pass_settings(webui):
