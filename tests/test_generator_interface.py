@@ -3,6 +3,8 @@ per target out, sized for the backend's steps and saying which generator made it
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dato.core.schedule import FULL, Schedule
@@ -12,12 +14,13 @@ from dato.generators.calibrate import CalibrationGenerator
 from dato.generators.gates import GateConfig, GateGenerator, LevelCosts, uniform_start
 from dato.generators.search import SearchSettings
 from dato.generators.search.generator import SearchGenerator
+from dato.generators.target import SpeedTargetGenerator
 from dato.generators.uniform import UniformGenerator, nearest_uniform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a red fox", "a blue car"]
 PROVENANCE = {"uniform": "uniform", "calibration": "calibration", "calibration-noreuse": "calibration",
-              "nsga2": "dato-search (NSGA-II)", "gates": "gates"}
+              "nsga2": "dato-search (NSGA-II)", "gates": "gates", "speed-target": "speed-target"}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,7 @@ def backend():
 def generators():
     return [
         UniformGenerator(depth=0),
+        SpeedTargetGenerator(),
         CalibrationGenerator(PROMPTS),
         CalibrationGenerator(PROMPTS).variant(allow_reuse=False),
         SearchGenerator(SearchSettings(steps=6, mode="cache", method="none", ratio_levels=(0.0,), max_depth=1,
@@ -45,6 +49,17 @@ def test_each_generator_returns_one_schedule_per_target_with_its_provenance(gene
         assert isinstance(schedule, Schedule) and schedule.steps == backend.steps and schedule.cache[0] == FULL
         assert schedule.provenance.get("generator") == PROVENANCE[generator.name]
     assert speedup_of(backend)(out[2.5]) >= speedup_of(backend)(out[1.5]) - 1e-9
+
+
+def test_the_speed_target_generator_meets_each_target_or_says_it_cannot(backend):
+    said = []
+    out = SpeedTargetGenerator(method="none").schedules(backend, (1.5, 2.5, 50.0), log=said.append)
+    speed = speedup_of(backend)
+    assert speed(out[1.5]) >= 1.5 - 1e-9 and speed(out[2.5]) >= 2.5 - 1e-9
+    assert out[1.5].rule is not None and out[1.5].method == "none"  # a rule: it regenerates at any step count
+    fastest = math.floor(out[50.0].provenance["expected_speedup"] * 100) / 100
+    assert said == [f"speed-target: 50x is not reachable at 6 steps; using the fastest rule ({fastest:g}x)"]
+    assert speed(out[50.0]) == pytest.approx(out[50.0].provenance["expected_speedup"], rel=1e-3)
 
 
 def test_the_calibration_variant_measures_once(backend):

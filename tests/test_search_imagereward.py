@@ -131,6 +131,11 @@ def test_without_the_package_the_search_falls_back_to_fidelity_or_stops(tmp_path
     def unavailable():
         return ir.load_imagereward(weights=None, offline=True, download_root=str(tmp_path / "none"))
 
+    # hermetic: not this checkout's deps/ (install.py may have filled it; the WebUI glue puts it on sys.path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p).resolve() != ir.EXTENSION_DEPS.resolve()])
+    monkeypatch.setattr(ir, "EXTENSION_DEPS", tmp_path / "no-deps")
+    for name in [n for n in sys.modules if n == "ImageReward" or n.startswith("ImageReward.")]:
+        monkeypatch.delitem(sys.modules, name)
     if importlib.util.find_spec("ImageReward") is None:
         with pytest.raises(ScorerUnavailable, match="image-reward package is not installed.*fidelity objective"):
             unavailable()

@@ -47,3 +47,12 @@ def test_bad_cases_are_one_line(text):
     with pytest.raises(SystemExit, match=r"error: --cases: .* is not SIZExSTEPS"):
         timing.parse_cases(text)
     assert timing.parse_cases("256x20,512x10") == [(256, 256, 20), (512, 512, 10)]
+
+
+def test_a_row_the_extension_did_not_apply_is_marked_not_dropped():
+    rows = {r.label: r for r in timing.default_rows([8])}
+    target, baseline = rows["dato speed target 8x"], rows["baseline"]
+    assert timing.applied(target, "Steps: 8, DaTo: True, DaTo speed target: 8.0")
+    assert not timing.applied(target, "Steps: 8, Sampler: Euler")  # unreachable at this step count: unaccelerated
+    assert not timing.applied(target, "DaTo: True, DaTo off: the DeepCache extension")
+    assert timing.applied(baseline, "Steps: 8, Sampler: Euler")

@@ -23,7 +23,7 @@ from dato.cli.common import (
 
 DEFAULT_OUT = "compare-results"
 # dato.generators.compare.GENERATORS, kept here so --help imports nothing heavy (tests/test_cli_args.py checks it)
-GENERATORS = ("uniform", "calibration", "calibration-noreuse", "nsga2", "gates")
+GENERATORS = ("uniform", "speed-target", "calibration", "calibration-noreuse", "nsga2", "gates")
 
 
 def targets(value: str) -> tuple[float, ...]:

@@ -1,9 +1,11 @@
-"""``python -m dato compare``: four schedule generators at equal MACs on the trained fixture.
+"""``python -m dato compare``: the schedule generators at equal MACs on the trained fixture.
 
 For each target MACs speed-up (default 3x, 5x, 8x) it takes the schedule each
 generator offers closest to the target:
 
 * ``uniform``: DeepCache's every-N at depth 0 (no cost to produce);
+* ``speed-target``: the rule the accordion's speed target picks (:mod:`dato.generators.target`; prune, as
+  the accordion's default; no cost to produce);
 * ``calibration``: one unaccelerated run on the digit prompts, then the alpha
   whose schedule is closest (:mod:`dato.generators.calibrate`); ``calibration-noreuse`` the
   same curves without whole-output reuse;
@@ -31,7 +33,7 @@ from dato.generators.base import ScheduleGenerator
 
 __all__ = ["CompareConfig", "run_compare", "GENERATORS", "write_reports"]
 
-GENERATORS = ("uniform", "calibration", "calibration-noreuse", "nsga2", "gates")
+GENERATORS = ("uniform", "speed-target", "calibration", "calibration-noreuse", "nsga2", "gates")
 
 
 @dataclass
@@ -99,6 +101,7 @@ def build_generators(config: CompareConfig) -> dict[str, tuple[ScheduleGenerator
     from dato.generators.gates import GateConfig, GateGenerator
     from dato.generators.search import SearchSettings
     from dato.generators.search.generator import SearchGenerator
+    from dato.generators.target import SpeedTargetGenerator
     from dato.generators.uniform import UniformGenerator
 
     c = config
@@ -112,6 +115,7 @@ def build_generators(config: CompareConfig) -> dict[str, tuple[ScheduleGenerator
     shared = lambda ev: ev.backend  # noqa: E731
     return {
         "uniform": (UniformGenerator(depth=0), shared),
+        "speed-target": (SpeedTargetGenerator(), shared),
         "calibration": (calibration, shared),
         "calibration-noreuse": (calibration.variant(allow_reuse=False), shared),
         "nsga2": (search, lambda ev: fixture_backend(steps=c.steps, device=c.device, dtype=ev.backend.dtype)),

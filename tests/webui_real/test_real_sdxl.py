@@ -8,9 +8,12 @@ WebUI detects as SDXL::
     WEBUI_DIR/venv/bin/python tests/webui_real/make_random_sdxl_ckpt.py WEBUI_DIR \\
         WEBUI_DIR/models/Stable-diffusion/random-sdxl.safetensors
 
-then start the WebUI with ``--ckpt`` of it. SDXL on a CPU is slow (one UNet call of the base model at
-512 px takes about a minute on 2 cores), so sizes and steps are small: ``WEBUI_SDXL_SIZE`` (512) for
-off/on/off, ``WEBUI_SDXL_SMALL`` (256) for the other cases, ``WEBUI_SDXL_STEPS`` (6).
+then start the WebUI with ``--ckpt`` of it. Offline, set *Live preview method* to something other than
+*Approx NN* (``POST /sdapi/v1/options {"show_progress_type": "Approx cheap"}``): for SDXL the WebUI
+downloads ``vaeapprox-sdxl.pt`` on the first generation otherwise (SD1's ships with it). SDXL on a CPU
+is slow (a 512 px step of the base model, cond and uncond, takes about 20 s on 2 cores), so sizes and
+steps are small: ``WEBUI_SDXL_SIZE`` (512) for off/on/off, ``WEBUI_SDXL_SMALL`` (256) for the other
+cases, ``WEBUI_SDXL_STEPS`` (6).
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def test_a_depth_the_sdxl_unet_lacks_is_refused_before_queueing(sdxl):
     answer = requests.post(sdxl + "/sdapi/v1/txt2img", json={**BASE, "width": 64, "height": 64, "alwayson_scripts":
                                                              {"dato": {"args": DEPTH_10}}}, timeout=60)
     assert answer.status_code == 422
-    assert answer.json()["detail"] == "depth = 10 is deeper than the loaded model allows (0..8)"
+    assert answer.json()["detail"] == "sd-webui-dato: depth = 10 is deeper than the loaded model allows (0..8)"
 
 
 def test_hires_fix_uses_the_schedule_on_both_passes(sdxl):

@@ -1,0 +1,52 @@
+"""The speed target's rule family as a generator, so ``compare`` scores it beside the others.
+
+"Make it N x faster" (:func:`dato.core.speed.target_schedule`) picks, from a fixed
+family of rules, the one with the best expected quality that meets N at the run's
+step count; here it is priced on the backend's own UNet and size, as the WebUI
+prices it on the loaded model. No sampling is needed to produce it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from dato.core.macs import trace_unet_cost
+from dato.core.schedule import Schedule
+from dato.core.speed import max_target, target_schedule
+from dato.evaluation.backends import SampleBackend
+from dato.generators.base import Log
+
+__all__ = ["SpeedTargetGenerator"]
+
+
+class SpeedTargetGenerator:
+    """For each target, the rule :func:`~dato.core.speed.target_schedule` chooses; where the step count cannot
+    reach a target, the fastest rule of the family (and the log says so).
+
+    Args:
+        method: the token method the rules use (``prune``, as the accordion's default; ``none``: caching only).
+    """
+
+    name = "speed-target"
+
+    def __init__(self, method: str = "prune") -> None:
+        self.method = method
+
+    def schedules(self, backend: SampleBackend, targets: Sequence[float], log: Log = print) -> dict[float, Schedule]:
+        null_context = getattr(backend, "null_context", None)
+        context = null_context(1) if null_context is not None else backend.encode([""])
+        cost = trace_unet_cost(backend.unet, context_len=int(context.shape[1]))
+        height, width = backend.latent_shape[-2:]
+        levels = int(getattr(backend, "max_downsample", 1) or 1)
+        top = max_target(cost, backend.steps, height, width, method=self.method, max_downsample=levels)
+        out = {}
+        for target in targets:
+            reachable = min(target, math.floor(top * 100) / 100)
+            if reachable < target:
+                log(f"speed-target: {target:g}x is not reachable at {backend.steps} steps; using the fastest "
+                    f"rule ({reachable:g}x)")
+            schedule = target_schedule(cost, reachable, backend.steps, height, width, method=self.method,
+                                       max_downsample=levels)
+            out[target] = schedule.with_provenance(generator=self.name, target_speedup=target)
+        return out
