@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a photograph of a red fox in the snow"
 DEEPCACHE_OFF = {"deepcache_enable_pass": "disable"}
+_COSTS: dict = {}  # the UNet cost model per architecture, traced once
 
 
 def deepcache_every(interval: int) -> dict:
@@ -87,17 +88,16 @@ def expected_macs(row: Row, width: int, height: int, steps: int, arch: str = "sd
     """Analytic MACs speed-up of our rows (None for the baseline's peers or when dato/ldm cannot be imported)."""
     if row.dato is None:
         return 1.0 if row.label == "baseline" else None
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # this checkout's dato, without installing it
     try:
-        sys.path.insert(0, str(ROOT))
         from dato.core.options import DatoArgs, build_schedule
         from dato.core.schedule import load_schedule
         from dato.core.speed import expected_speedup, target_schedule
         from dato.evaluation.models import architecture_cost
     except ImportError:
         return None
-    if arch not in _COST:
-        _COST[arch] = architecture_cost(arch)
-    cost = _COST[arch]
+    cost = _COSTS.get(arch) or _COSTS.setdefault(arch, architecture_cost(arch))
     h, w = height // 8, width // 8
     settings = DatoArgs.from_args([row.dato]).first_pass()
     if settings.target:
@@ -106,8 +106,6 @@ def expected_macs(row: Row, width: int, height: int, steps: int, arch: str = "sd
         schedule, _ = build_schedule(settings, load_schedule)
     return expected_speedup(cost, schedule.resample(steps), h, w, max_downsample=settings.max_downsample)
 
-
-_COST: dict = {}
 
 
 def time_one(url: str, row: Row, case: tuple[int, int, int], timeout: float) -> tuple[float, str]:

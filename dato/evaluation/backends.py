@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from dato.core.macs import trace_unet_cost
+from dato.core.macs import UNetCost, trace_unet_cost
 from dato.core.patch import apply_patch, remove_patch, set_step
 from dato.core.schedule import Schedule
 
@@ -129,16 +129,19 @@ class StandaloneBackend:
             "dtype": str(self.dtype).replace("torch.", ""), "max_downsample": self.max_downsample, **self.info,
         }
 
-    def macs(self, schedule: Schedule) -> float:
-        """Analytic UNet MACs of sampling one image with ``schedule`` (one UNet pass per step)."""
+    def unet_cost(self) -> UNetCost:
+        """The UNet's analytic cost model at this backend's prompt length (traced once per UNet)."""
         if self._context_len is None:
             # the unconditional context has the prompt length and exists for every backend (an empty prompt
             # does not: the fixture's prompts must name a digit)
             context = self.null_context(1) if self.null_context is not None else self.encode([""])
             self._context_len = int(context.shape[1])
-        cost = trace_unet_cost(self.unet, context_len=self._context_len)
-        return cost.schedule_macs(schedule.resample(self.steps), self.latent_shape[-2], self.latent_shape[-1],
-                                  self.max_downsample)
+        return trace_unet_cost(self.unet, context_len=self._context_len)
+
+    def macs(self, schedule: Schedule) -> float:
+        """Analytic UNet MACs of sampling one image with ``schedule`` (one UNet pass per step)."""
+        return self.unet_cost().schedule_macs(schedule.resample(self.steps), self.latent_shape[-2],
+                                              self.latent_shape[-1], self.max_downsample)
 
     def sample_latents(self, pairs: Sequence[tuple[str, int]], *, unet: Callable[..., torch.Tensor] | None = None,
                        on_step: Callable[[int, int], None] | None = None, grad: bool = False) -> torch.Tensor:

@@ -257,6 +257,19 @@ class CheckpointError(ValueError):
     """A file that cannot be read as a Stable Diffusion checkpoint; the message names it and says why."""
 
 
+UNET_PREFIX = "model.diffusion_model."
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or foreign checkpoint raises (safetensors' own error where it is installed)."""
+    errors = (OSError, RuntimeError, ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return errors
+    return (*errors, SafetensorError)
+
+
 def _read_state(path: str, mmap: bool) -> Mapping[str, Any]:
     """The checkpoint's tensors by key (``mmap``: lazily, for a quick look); :class:`CheckpointError` if unreadable."""
     try:
@@ -268,27 +281,23 @@ def _read_state(path: str, mmap: bool) -> Mapping[str, Any]:
                     return dict.fromkeys(f.keys())
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except (OSError, RuntimeError, ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError) as exc:
+    except _read_errors() as exc:
         kind = "safetensors" if str(path).endswith(".safetensors") else "torch (.ckpt)"
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable {kind} checkpoint ({reason}); is the file complete?") from None
-    except Exception as exc:  # safetensors' own error type is not importable by name in every version
-        if type(exc).__name__ != "SafetensorError":
-            raise
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc)[:160]}); "
-                              "is the file complete?") from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state.get("state_dict", state)
 
 
+def _without_unet(path: str) -> CheckpointError:
+    return CheckpointError(f"{path}: no '{UNET_PREFIX}*' weights; is this an SD1.x, SD2.x or SDXL checkpoint?")
+
+
 def check_checkpoint(path: str) -> None:
     """Before anything heavy: the file reads as a checkpoint and has UNet weights (header/lazy read only)."""
     if not any(str(k).startswith(UNET_PREFIX) for k in _read_state(path, mmap=True)):
-        raise CheckpointError(f"{path}: no '{UNET_PREFIX}*' weights; is this an SD1.x, SD2.x or SDXL checkpoint?")
-
-
-UNET_PREFIX = "model.diffusion_model."
+        raise _without_unet(path)
 
 
 def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None,
@@ -301,7 +310,7 @@ def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None
     state = _read_state(path, mmap=False)
     unet_state = {k[len(UNET_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_PREFIX)}
     if not unet_state:
-        raise CheckpointError(f"{path}: no '{UNET_PREFIX}*' weights; is this an SD1.x, SD2.x or SDXL checkpoint?")
+        raise _without_unet(path)
     if config is None and "label_emb.0.0.weight" in unet_state:
         if unet_state["label_emb.0.0.weight"].shape[1] != 2816:
             raise ValueError(f"{path}: an sgm UNet but not SDXL base (adm_in_channels "

@@ -58,7 +58,6 @@ class Evaluator:
     """Samples the held-out set with a schedule and scores it against the unaccelerated samples."""
 
     def __init__(self, config: CompareConfig) -> None:
-        from dato.core.macs import trace_unet_cost
         from dato.evaluation.backends import fixture_backend, fixture_prompts
         from dato.evaluation.fixture import FixtureScorer, load_fixture
 
@@ -72,7 +71,7 @@ class Evaluator:
         self.labels = [d for d in range(10) for _ in range(config.per_class)]
         self.pairs = [(prompts[d], config.seed + i) for i, d in enumerate(self.labels)]
         h, w = self.backend.latent_shape[-2:]
-        self.cost = trace_unet_cost(self.backend.unet, context_len=int(self.backend.null_context(1).shape[1]))
+        self.cost = self.backend.unet_cost()
         self.size = (h, w)
         self.full_macs = self.cost.full_step_macs(h, w) * config.steps
         self.reference = self.backend.generate(None, self.pairs)

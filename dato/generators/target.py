@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from dato.core.macs import trace_unet_cost
 from dato.core.schedule import Schedule
 from dato.core.speed import max_target, target_schedule
-from dato.evaluation.backends import SampleBackend
+from dato.evaluation.backends import StandaloneBackend
 from dato.generators.base import Log
 
 __all__ = ["SpeedTargetGenerator"]
@@ -33,12 +32,11 @@ class SpeedTargetGenerator:
     def __init__(self, method: str = "prune") -> None:
         self.method = method
 
-    def schedules(self, backend: SampleBackend, targets: Sequence[float], log: Log = print) -> dict[float, Schedule]:
-        null_context = getattr(backend, "null_context", None)
-        context = null_context(1) if null_context is not None else backend.encode([""])
-        cost = trace_unet_cost(backend.unet, context_len=int(context.shape[1]))
+    def schedules(self, backend: StandaloneBackend, targets: Sequence[float],
+                  log: Log = print) -> dict[float, Schedule]:
+        cost = backend.unet_cost()
         height, width = backend.latent_shape[-2:]
-        levels = int(getattr(backend, "max_downsample", 1) or 1)
+        levels = backend.max_downsample
         top = max_target(cost, backend.steps, height, width, method=self.method, max_downsample=levels)
         out = {}
         for target in targets:
