@@ -12,26 +12,28 @@
 
 var datoTabs = ["txt2img", "img2img"];
 
+// What the preview needs from the page, under the names of the txt2img/img2img API's fields (the server reads
+// the page's context as it reads an API request: scripts/dato_webui/host.py geometry_from_request).
 var datoSources = {
-    steps: function(tab) {
-        return "#" + tab + "_steps input[type=number]";
-    },
-    hr_steps: function(tab) {
-        return tab === "txt2img" ? "#txt2img_hires_steps input[type=number]" : null;
-    },
-    hr: function(tab) {
-        return tab === "txt2img" ? "#txt2img_hr-checkbox input[type=checkbox]" : null;
-    },
-    denoising: function(tab) {
-        return tab === "img2img" ? "#img2img_denoising_strength input[type=number]" : null;
-    },
-    width: function(tab) {
-        return "#" + tab + "_width input[type=number]";
-    },
-    height: function(tab) {
-        return "#" + tab + "_height input[type=number]";
-    },
+    steps: ["both", "#TAB_steps input[type=number]"],
+    sampler_name: ["both", "#TAB_sampling input"],
+    width: ["both", "#TAB_width input[type=number]"],
+    height: ["both", "#TAB_height input[type=number]"],
+    enable_hr: ["txt2img", "#txt2img_hr-checkbox input[type=checkbox]"],
+    hr_second_pass_steps: ["txt2img", "#txt2img_hires_steps input[type=number]"],
+    hr_scale: ["txt2img", "#txt2img_hr_scale input[type=number]"],
+    hr_resize_x: ["txt2img", "#txt2img_hr_resize_x input[type=number]"],
+    hr_resize_y: ["txt2img", "#txt2img_hr_resize_y input[type=number]"],
+    hr_sampler_name: ["txt2img", "#hr_sampler input"],
+    denoising_strength: ["img2img", "#img2img_denoising_strength input[type=number]"],
 };
+
+// The element a source reads on this tab ("TAB" stands for the tab's name), or null where the tab has none.
+function datoSelector(key, tab) {
+    var source = datoSources[key];
+    return source[0] === "both" || source[0] === tab ? source[1].replace("TAB", tab) : null;
+}
+var datoTextSources = {sampler_name: true, hr_sampler_name: true};
 
 function datoEscape(text) {
     return String(text).replace(/[&<>"']/g, function(c) {
@@ -56,8 +58,10 @@ function datoCellClass(action) {
 // HTML of one pass: a row of cells plus a one-line summary.
 function datoPassHtml(pass) {
     var head = '<div class="dato-pass-label">' + datoEscape(pass.label) + " · " + pass.steps + " steps";
+    if (pass.calls && pass.calls !== pass.steps) head += " (" + pass.calls + " model calls, one cell each)";
     if (pass.off) {
-        return '<div class="dato-pass">' + head + ' · <span class="dato-off">off</span></div></div>';
+        var why = pass.reason ? ": " + datoEscape(pass.reason) : "";
+        return '<div class="dato-pass">' + head + ' · <span class="dato-off">off' + why + "</span></div></div>";
     }
     var tokens = pass.method !== "none";
     var adaptive = pass.adaptive;
@@ -66,15 +70,18 @@ function datoPassHtml(pass) {
     if (tokens) head += " · " + datoEscape(pass.method) + " ≤ " + Math.max.apply(null, pass.ratio).toFixed(2);
     if (pass.speedup) head += ' · <span class="dato-speedup">' + (adaptive ? "at most ≈" : "≈") + Number(pass.speedup).toFixed(2) + "× faster (MACs)</span>";
     head += "</div>";
+    var notes = (pass.notes || []).map(function(note) {
+        return '<div class="dato-note">' + datoEscape(note) + "</div>";
+    }).join("");
     var cells = pass.cache.map(function(action, i) {
         if (adaptive) action = i === 0 ? -1 : -3; // the first step is full; the rest are decided during the run
         var ratio = pass.ratio[i] || 0;
         var title = "step " + (i + 1) + ": " + datoActionLabel(action) + (tokens && ratio > 0 ? ", " + pass.method + " " + ratio.toFixed(2) : "");
-        var bar = tokens && ratio > 0 ? '<span class="dato-ratio" style="height:' + Math.round(ratio / 0.75 * 100) + '%"></span>' : "";
+        var bar = tokens && ratio > 0 ? '<span class="dato-ratio" style="height:' + Math.round(ratio / (pass.ratio_limit || 1) * 100) + '%"></span>' : "";
         var text = action >= 0 ? String(action) : action === -2 ? "R" : action === -3 ? "?" : "";
         return '<span class="dato-cell ' + datoCellClass(action) + '" title="' + datoEscape(title) + '">' + bar + '<span class="dato-cell-text">' + text + "</span></span>";
     });
-    return '<div class="dato-pass">' + head + '<div class="dato-cells">' + cells.join("") + "</div></div>";
+    return '<div class="dato-pass">' + head + notes + '<div class="dato-cells">' + cells.join("") + "</div></div>";
 }
 
 function datoPreviewHtml(data) {
@@ -127,10 +134,12 @@ function datoDrawPreviews(root) {
 function datoReadContext(root, tab) {
     var context = {};
     Object.keys(datoSources).forEach(function(key) {
-        var selector = datoSources[key](tab);
+        var selector = datoSelector(key, tab);
         var el = selector && root.querySelector(selector);
         if (!el) return;
-        context[key] = el.type === "checkbox" ? el.checked : parseFloat(el.value);
+        if (el.type === "checkbox") context[key] = el.checked;
+        else if (datoTextSources[key]) context[key] = String(el.value || "");
+        else context[key] = parseFloat(el.value);
     });
     return context;
 }
@@ -179,7 +188,7 @@ function datoResendLostContext(root) {
 function datoWatch(root) {
     datoTabs.forEach(function(tab) {
         Object.keys(datoSources).forEach(function(key) {
-            var selector = datoSources[key](tab);
+            var selector = datoSelector(key, tab);
             var el = selector && root.querySelector(selector);
             if (!el || el.datoWatched) return;
             el.datoWatched = true;
@@ -223,6 +232,9 @@ if (typeof onUiLoaded === "function") {
         datoWatch(gradioApp());
         datoDrawPreviews(gradioApp());
         setInterval(function() {
+            datoTabs.forEach(function(tab) {
+                datoForwardContext(gradioApp(), tab); // dropdowns change their value without an input event
+            });
             datoResendLostContext(gradioApp());
             datoPollSearch(gradioApp());
         }, 1000);

@@ -90,7 +90,7 @@ def _on_model_loaded(sd_model):
 
 
 def _on_infotext_pasted(infotext, params):
-    from dato.core.options import normalize_pasted
+    from dato.core.infotext import normalize_pasted
 
     for message in normalize_pasted(params, store.content_hash, store.find_by_hash):
         print(f"[sd-webui-dato] {message}")
@@ -98,8 +98,8 @@ def _on_infotext_pasted(infotext, params):
             import gradio as gr
 
             gr.Warning(f"DaTo: {message}")
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - outside a Gradio event (e.g. an API paste) there is no toast
+            print(f"[sd-webui-dato] (not shown on the page: {type(exc).__name__})")
 
 
 script_callbacks.on_cfg_denoiser(RUNTIME.on_cfg_denoiser, name="dato_step_clock")

@@ -121,20 +121,29 @@ def test_half_precision_outputs_are_finite_and_close_to_fp32(unet, dtype, name, 
     assert error < TOLERANCE[dtype], f"{name} in {dtype}: relative L2 {error:.4f}"
 
 
-def test_similarity_does_not_overflow_in_fp16_where_the_squared_norm_would():
-    """A naive squared sum overflows here; the token plans normalise in fp32 and pick what fp32 picks.
-
-    (torch's own ``norm`` accumulates in fp32 on this CPU build, so the old code passed too: the fp32
-    normalisation guards backends whose half ``norm`` does not.)
-    """
+@pytest.mark.parametrize("restore", ["base", "kept"])
+def test_similarity_does_not_overflow_on_a_backend_whose_half_norm_does(monkeypatch, restore):
+    """On a backend whose half ``norm`` sums squares in half precision (simulated here: this CPU build's own
+    ``norm`` accumulates in fp32), |x|^2 overflows fp16 and a plan built from half norms would be all ties; the
+    token plans normalise half tensors in fp32 and pick what fp32 picks, for matching and for restoration."""
     from dato.core.tokens import merge_plan, prune_plan
 
     gen = torch.Generator().manual_seed(0)
     metric = (torch.randn(2, 64, 320, generator=gen) * 40).half()  # |x|^2 summed over 320 channels >> 65504
-    assert not torch.isfinite((metric * metric).sum(-1)).all()
-    plan = prune_plan(metric, (8, 8), 0.5, None, torch.zeros(2, 64, dtype=torch.float16))
-    reference = prune_plan(metric.float(), (8, 8), 0.5, None, torch.zeros(2, 64))
+    reference = prune_plan(metric.float(), (8, 8), 0.5, None, torch.zeros(2, 64), restore=restore)
+    real_norm = torch.Tensor.norm
+
+    def half_accumulating_norm(self, *args, **kwargs):
+        if self.dtype == torch.float16:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            return (self * self).sum(dim=dim, keepdim=kwargs.get("keepdim", False)).sqrt()
+        return real_norm(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "norm", half_accumulating_norm)
+    assert not torch.isfinite(metric.norm(dim=-1)).all()  # the simulated backend does overflow
+    plan = prune_plan(metric, (8, 8), 0.5, None, torch.zeros(2, 64, dtype=torch.float16), restore=restore)
     assert plan.kept_tokens == reference.kept_tokens
+    assert torch.equal(plan.kept, reference.kept) and torch.equal(plan.source, reference.source)
     assert merge_plan(metric, (8, 8), 0.5) is not None
 
 

@@ -222,7 +222,7 @@ def test_depths_up_to_8_mean_the_same_resolutions_on_sd1_and_sdxl():
 def test_an_sd1_schedule_deeper_than_sdxl_is_refused_with_both_architectures_named(xl):
     deep = Schedule("sd1-deep", (FULL, 10, 0), (0.0,) * 3, "none", provenance={"layout": "sd1"})
     with pytest.raises(ValueError, match=r"cache depth 10 is outside 0..8 for this SDXL \(9-block\) UNet: schedule "
-                                         r"'sd1-deep', written for sd1 is refused, not converted"):
+                                         r"'sd1-deep', written for sd1, is refused, not converted"):
         dato.apply_patch(xl, deep)
     assert dato.get_patch(xl) is None
     for preset in dato.find_schedules():  # every shipped preset runs on SDXL as written

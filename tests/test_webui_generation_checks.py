@@ -53,9 +53,10 @@ def _uniform(depth, hr=False):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (_uniform(20), "depth = 20 is deeper than the loaded model allows (0..11)"),
-    (_uniform(12), "depth = 12 is deeper"),
-    (_uniform(30, hr=True), "hr_depth = 30 is deeper"),
+    (_uniform(20), "cache depth 20 is outside 0..11 for this SD1.x/2.x (12-block) UNet: depth = 20 (the uniform "
+                   "rule) is refused, not converted"),
+    (_uniform(12), "depth = 12 (the uniform rule) is refused"),
+    (_uniform(30, hr=True), "hr_depth = 30 (the uniform rule) is refused"),
 ])
 def test_a_depth_deeper_than_the_loaded_model_is_refused_before_queueing(client, args, fragment):
     answer = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "alwayson_scripts": args})
@@ -69,7 +70,9 @@ def test_a_named_schedule_deeper_than_the_model_is_refused_and_no_model_means_sd
     deep = dato.Schedule.from_dict({"name": "deep", "method": "none", "cache": ["full", 20, 20]})
     (client.user_dir / "deep.json").write_text(deep.to_json())
     answer = client.post("/dato/v1/args", json={"args": [True, "schedule", 0.0, "deep"]})
-    assert answer.status_code == 422 and "caches at depth 20" in answer.json()["detail"], answer.text
+    assert answer.status_code == 422, answer.text  # the patch's own rule and text (dato.core.layout)
+    assert "cache depth 20 is outside 0..11" in answer.json()["detail"] and "schedule 'deep' is refused" in \
+        answer.json()["detail"]
     monkeypatch.setattr(shared, "sd_model", None)  # no model loaded: DEFAULT_LAYOUT (SD1.x, 0..11) decides
     assert client.post("/dato/v1/args", json={"args": _uniform(11)["dato"]["args"]}).status_code == 200
     assert client.post("/dato/v1/args", json={"args": _uniform(12)["dato"]["args"]}).status_code == 422
@@ -87,7 +90,8 @@ def test_a_stored_schedule_that_became_invalid_fails_clearly_at_generation_time(
         answer.json()["detail"]
     result = host.generate(alwayson_scripts=args, steps=4, seed=1)  # the UI path: no middleware in front
     assert "schedule file zero.json (user) is invalid" in result.comments
-    assert "DaTo" not in result.infotexts[0] and dato.get_patch(model) is None
+    assert 'DaTo off: "not applied: schedule file zero.json (user) is invalid' in result.infotexts[0]
+    assert "DaTo: True" not in result.infotexts[0] and dato.get_patch(model) is None
 
 
 def test_a_disabled_xyz_cell_carries_no_keys_of_the_cell_before(host, model):

@@ -27,6 +27,7 @@ const fields = {
   "#txt2img_steps input[type=number]": {type: "number", value: "25"},
   "#txt2img_hr-checkbox input[type=checkbox]": {type: "checkbox", checked: true},
   "#txt2img_hires_steps input[type=number]": {type: "number", value: "0"},
+  "#txt2img_sampling input": {type: "text", value: "Heun"},
 };
 const box = {value: ""};
 const preview = {getAttribute: () => JSON.stringify({passes: [], context: "stale"})};
@@ -47,6 +48,10 @@ console.log(JSON.stringify({
 """
 
 
+#: what the harness page holds, as the context the script forwards (named as the API's request fields)
+PAGE = {"steps": 25, "hr_second_pass_steps": 0, "enable_hr": True, "sampler_name": "Heun"}
+
+
 def run(data, tmp_path):
     script = tmp_path / "dato_js_harness.js"
     script.write_text(HARNESS)
@@ -57,7 +62,7 @@ def run(data, tmp_path):
 
 def test_cells_follow_the_python_preview(tmp_path):
     import dato
-    from dato.core.options import pass_summary
+    from dato.core.plan import pass_summary
 
     summary = pass_summary(dato.load_schedule("balanced"), 10)
     summary.update(label="steps", name="balanced")
@@ -80,13 +85,13 @@ def test_reuse_and_caching_only_passes(tmp_path):
 
 def test_context_read_from_the_page_and_forwarded_once(tmp_path):
     result = run({"passes": []}, tmp_path)
-    assert result["context"] == {"steps": 25, "hr_steps": 0, "hr": True}
+    assert result["context"] == {"steps": 25, "hr_second_pass_steps": 0, "enable_hr": True, "sampler_name": "Heun"}
     assert result["img2img"] == {}
     (sent,) = result["forwarded"]
-    assert json.loads(sent) == {"steps": 25, "hr_steps": 0, "hr": True, "n": 1}
+    assert json.loads(sent) == {**PAGE, "n": 1}
 
 
 def test_a_lost_update_is_sent_again_as_a_new_value(tmp_path):
     result = run({"passes": []}, tmp_path)
     (resent,) = result["resent"]
-    assert json.loads(resent) == {"steps": 25, "hr_steps": 0, "hr": True, "n": 2}
+    assert json.loads(resent) == {**PAGE, "n": 2}

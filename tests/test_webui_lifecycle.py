@@ -228,14 +228,16 @@ def test_an_unsupported_model_is_reported_not_crashed(host, model):
     finally:
         shared.sd_model = model
     assert "not applied" in result.comments and "Stable Diffusion 1.x/2.x" in result.comments
-    assert "DaTo" not in result.infotexts[0]
+    assert 'DaTo off: "not applied: sd-webui-dato supports the UNets' in result.infotexts[0]  # said to API callers too
+    assert "DaTo: True" not in result.infotexts[0]
 
 
 def test_invalid_arguments_at_generation_time_run_unaccelerated_with_a_comment(host, model):
     spy = Spy(model)
     result = host.generate(alwayson_scripts={"dato": {"args": [True, "prune", 0.75]}}, steps=2, seed=1)
     assert not any(s["patched"] for s in spy.seen)
-    assert "too large for 'prune'" in result.comments and "DaTo" not in result.infotexts[0]
+    assert "too large for 'prune'" in result.comments and "DaTo: True" not in result.infotexts[0]
+    assert "DaTo off: \"not applied: ratio = 0.75 is too large for 'prune'" in result.infotexts[0]
     result = host.generate(alwayson_scripts={"dato": {"args": [True, "prune", 0.4, "no-such-schedule"]}}, steps=2)
     assert "unknown schedule 'no-such-schedule'" in result.comments
 
@@ -377,4 +379,7 @@ def test_an_unreachable_speed_target_runs_unaccelerated_and_names_the_nearest(ho
     spy = Spy(model)
     result = host.generate(alwayson_scripts={"dato": {"args": [{"speed_target": 90}]}}, steps=4, seed=1)
     assert not any(s["patched"] for s in spy.seen)
-    assert "speed_target = 90: not reachable at 4 steps; the nearest reachable is" in result.comments
+    assert "speed target 90x unreachable at 4 steps; nearest reachable" in result.comments
+    infotext = result.infotexts[0]  # an API caller can tell it asked for acceleration and got none
+    assert "DaTo: True" in infotext and "DaTo speed target: 90.0" in infotext
+    assert "DaTo off: speed target 90x unreachable at 4 steps; nearest reachable " in infotext

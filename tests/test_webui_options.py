@@ -1,4 +1,5 @@
-"""The script-arguments model (dato/core/options.py): one ordered list for UI, API and infotext; no WebUI needed."""
+"""The argument table (dato/core/arguments.py) and the infotext (dato/core/infotext.py): one ordered list for UI,
+API and infotext; no WebUI needed."""
 
 from __future__ import annotations
 
@@ -7,17 +8,9 @@ from dataclasses import replace
 import pytest
 
 import dato
-from dato.core.options import (
-    ARG_NAMES,
-    INFOTEXT_KEYS,
-    ArgsError,
-    DatoArgs,
-    PassSettings,
-    build_schedule,
-    infotext_params,
-    normalize_pasted,
-    pass_summary,
-)
+from dato.core.arguments import ARG_NAMES, ArgsError, DatoArgs, PassSettings
+from dato.core.infotext import INFOTEXT_KEYS, infotext_params, normalize_pasted
+from dato.core.plan import build_schedule, pass_summary
 from dato.core.schedule import Schedule
 
 DOCUMENTED_ORDER = ["enabled", "method", "ratio", "schedule", "interval", "depth", "max_downsample", "hr_mode",
@@ -75,10 +68,10 @@ def test_named_form_fills_over_the_defaults_and_means_enabled():
     ([True, "prune", 0.4, "balanced", 5, 0, 1, "sometimes"], "argument 7 (hr_mode) = 'sometimes'"),
     ([True, "prune", 0.4, ""], "argument 3 (schedule) = ''"),
     ([None] * 21, "got 21 arguments"),
-    ([None] * 17 + [-2], "argument 17 (speed_target) = -2.0: expected a speed-up factor 1 <= N <= 100 "
+    ([None] * 17 + [-2], "argument 17 (speed_target) = -2: expected a speed-up factor 1 <= N <= 100 "
                          "(1 = every step full) or 0 = off"),
     ([None] * 17 + [0.5], "argument 17 (speed_target) = 0.5: expected a speed-up factor"),
-    ([None] * 17 + [1000], "argument 17 (speed_target) = 1000.0: expected a speed-up factor"),
+    ([None] * 17 + [1000], "argument 17 (speed_target) = 1000: expected a speed-up factor"),
     ([None] * 17 + [float("nan")], "argument 17 (speed_target) = nan: expected a number"),
     ([None] * 17 + ["fast"], "argument 17 (speed_target) = 'fast': expected a number"),
     ([None] * 18 + [-0.1], "argument 18 (adaptive) = -0.1: expected a threshold 0..1 (0 = off)"),
@@ -208,7 +201,7 @@ def test_token_options_reach_both_passes_and_the_infotext_only_when_set():
 def test_speed_target_is_the_last_argument_and_zero_means_off():
     assert DatoArgs.from_args([True] + [None] * 16 + [4]).speed_target == 4.0
     assert DatoArgs.from_args([True] + [None] * 16 + [0]).speed_target == 0.0
-    assert DatoArgs.from_args([{"speed_target": "2.5"}]).first_pass().target == 2.5
+    assert DatoArgs.from_args([{"speed_target": "2.5"}]).first_pass().speed_target == 2.5
     assert DatoArgs().speed_target == 0.0  # a 13-argument API call keeps working unchanged
 
 

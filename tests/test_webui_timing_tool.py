@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dato.core.options import DatoArgs
+from dato.core.arguments import DatoArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("webui_timing", ROOT / "tools" / "webui_timing.py")

@@ -91,21 +91,17 @@ def expected_macs(row: Row, width: int, height: int, steps: int, arch: str = "sd
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # this checkout's dato, without installing it
     try:
-        from dato.core.options import DatoArgs, build_schedule
+        from dato.core.arguments import DatoArgs
+        from dato.core.plan import Geometry, HostFacts, plan_run
         from dato.core.schedule import load_schedule
-        from dato.core.speed import expected_speedup, target_schedule
-        from dato.evaluation.models import architecture_cost
+        from dato.evaluation.costs import architecture_cost
     except ImportError:
         return None
     cost = _COSTS.get(arch) or _COSTS.setdefault(arch, architecture_cost(arch))
-    h, w = height // 8, width // 8
-    settings = DatoArgs.from_args([row.dato]).first_pass()
-    if settings.target:
-        schedule = target_schedule(cost, settings.target, steps, h, w, method=settings.method)
-    else:
-        schedule, _ = build_schedule(settings, load_schedule)
-    return expected_speedup(cost, schedule.resample(steps), h, w, max_downsample=settings.max_downsample)
-
+    # the run's planner with this request's geometry (Euler, txt2img) and the WebUI's call-counting clock
+    plan = plan_run(DatoArgs.from_args([row.dato]), Geometry(steps=steps, width=width, height=height),
+                    HostFacts(cost, clock="webui"), load_schedule)
+    return plan.first.speedup if plan.first is not None and plan.first.off is None else None
 
 
 def time_one(url: str, row: Row, case: tuple[int, int, int], timeout: float) -> tuple[float, str]:

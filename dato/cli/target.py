@@ -1,9 +1,9 @@
 """``python -m dato target N``: "make it N x faster" -> the schedule that meets N with the best expected quality.
 
-Priced on the SD1.x UNet, or SDXL's with ``--arch sdxl`` (analytic MACs, traced
-on the meta device: no weights), at the given step count, sampler order, image size and token levels,
-as the WebUI's speed target does. ``--save NAME`` writes it to
-``schedules/user`` (a rule: it regenerates at any step count). Exit status 2
+The WebUI's planner (:func:`dato.core.plan.plan_run`) with the WebUI's step clock, priced on the SD1.x
+UNet, or SDXL's with ``--arch sdxl`` (analytic MACs, traced on the meta device: no weights), at the given
+step count, sampler order, image size and token levels: the schedule the accordion's speed target runs.
+``--save NAME`` writes it to ``schedules/user`` (a rule: it regenerates at any step count). Exit status 2
 with one ``error:`` line for a bad value or an unreachable target (the
 message says the nearest reachable speed-up).
 """
@@ -22,11 +22,17 @@ from dato.cli.common import (
     save_named,
     steps_int,
 )
-from dato.core.schedule import METHODS
-from dato.core.speed import TargetError, check_target, expected_speedup, target_schedule
-from dato.evaluation.models import ARCHITECTURES, architecture_cost
+from dato.core.arguments import DatoArgs
+from dato.core.plan import Geometry, HostFacts, plan_run
+from dato.core.schedule import METHODS, load_schedule
+from dato.core.speed import TargetError, check_target
+from dato.evaluation.costs import architecture_cost
+from dato.evaluation.models import ARCHITECTURES
 
 __all__ = ["add_arguments", "run"]
+
+#: the WebUI's names of the samplers ``--sampler`` stands for
+SAMPLERS = {"euler": "Euler", "heun": "Heun"}
 
 
 def _target(value: str) -> float:
@@ -55,17 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_save("--save", args.save, args.save_dir)
-    cost = architecture_cost(args.arch)
-    height, width, second = args.height // 8, args.width // 8, args.sampler == "heun"
-    try:
-        schedule = target_schedule(cost, args.target, args.steps, height, width, method=args.method,
-                                   max_downsample=args.max_downsample, second_order=second)
-    except TargetError as exc:
-        raise CliError(str(exc)) from None
-    speed = expected_speedup(cost, schedule, height, width, max_downsample=args.max_downsample, second_order=second)
-    print(f"{schedule.name}: {speed:.2f}x MACs at {args.steps} steps ({args.arch}, {args.sampler}, "
+    request = DatoArgs(enabled=True, method=args.method, speed_target=args.target, max_downsample=args.max_downsample)
+    geometry = Geometry(steps=args.steps, width=args.width, height=args.height, sampler=SAMPLERS[args.sampler])
+    plan = plan_run(request, geometry, HostFacts(architecture_cost(args.arch), clock="webui"), load_schedule).first
+    if plan.off is not None:
+        raise CliError(plan.off)
+    schedule = plan.schedule
+    calls = f", {plan.clock.total} model calls" if plan.clock.total != plan.steps else ""
+    print(f"{schedule.name}: {plan.speedup:.2f}x MACs at {args.steps} steps{calls} ({args.arch}, {args.sampler}, "
           f"{args.width}x{args.height}), hash {schedule.content_hash()}")
-    print(f"  cache  {schedule.preview()}")
+    print(f"  cache  {plan.applied.preview()}")
     print(f"  ratio  {schedule.method} {schedule.ratio[0]:g}")
     print(f"  rule   {dict(schedule.rule) if schedule.rule else None}")
     if args.save:

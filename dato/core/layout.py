@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -157,6 +158,27 @@ class UNetLayout:
     def check_depth(self, depth: int) -> None:
         if not 0 <= depth <= self.max_depth:
             raise ValueError(f"cache depth {depth} is outside 0..{self.max_depth} for this {self.label} UNet")
+
+    def check_schedule_fits(self, schedule: Any, origin: str | None = None) -> None:
+        """The one rule for a schedule deeper than this UNet (the patch, the planner and so the API check use it).
+
+        Depths count blocks from the image side: on SD1.x and SDXL depths 0..8 cache the same resolutions, so a
+        schedule runs unchanged on either; a depth the loaded UNet lacks is refused, never converted (a branch
+        at another resolution is another trade-off). ``origin`` says where the schedule came from (default: its
+        name and the layout it was written for); the error is a ``ValueError`` subclass from ``schedule.py``.
+        """
+        from dato.core.schedule import ScheduleError  # schedule.py imports nothing of the layout's: no cycle
+
+        deepest = schedule.max_cache_depth
+        if deepest <= self.max_depth:
+            return
+        if origin is None:
+            written = schedule.provenance.get("layout")
+            origin = f"schedule {schedule.name!r}" + (f", written for {written}," if written else "")
+        raise ScheduleError(
+            f"cache depth {deepest} is outside 0..{self.max_depth} for this {self.label} UNet: {origin} is refused, "
+            f"not converted (its deepest branch has no counterpart here); use depths 0..{self.max_depth}"
+        )
 
 
 def block_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:

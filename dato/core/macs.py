@@ -19,7 +19,7 @@ import torch
 
 from dato.core.layout import UNetLayout, find_unet, role_of
 from dato.core.schedule import FULL, REUSE, Schedule
-from dato.core.tokens import reduction_counts, todo_size
+from dato.core.tokens import SHARED_PLAN, reduction_counts, todo_size
 
 __all__ = ["UNetCost", "trace_unet_cost"]
 
@@ -48,7 +48,7 @@ class UNetCost:
         self.finest_ds = min((op.ds for op in ops if op.self_attn_part == "core"), default=1)
 
     def call_macs(self, height: int, width: int, action: int = FULL, ratio: float = 0.0,
-                  method: str = "none", max_downsample: int = 1, prune_variant: str = "shared-plan",
+                  method: str = "none", max_downsample: int = 1, prune_variant: str = SHARED_PLAN,
                   downsample_factors: tuple[float, float] = (0.0, 0.0)) -> float:
         """MACs of one UNet call on a ``height x width`` latent (per image).
 
@@ -82,7 +82,7 @@ class UNetCost:
             # token matching: once per level and call for the shared prune plan, once per block otherwise;
             # faithful prune adds the pruned x kept similarity of its restoration
             if op.self_attn_part == "q" and method in ("prune", "merge"):
-                shared = method == "prune" and prune_variant == "shared-plan"
+                shared = method == "prune" and prune_variant == SHARED_PLAN
                 if not shared or op.ds not in matched_levels:
                     total += _matching_macs(height, width, op)
                     matched_levels.add(op.ds)
@@ -91,7 +91,7 @@ class UNetCost:
         return total
 
     def schedule_macs(self, schedule: Schedule, height: int, width: int, max_downsample: int = 1,
-                      calls_per_step: int = 1, prune_variant: str = "shared-plan",
+                      calls_per_step: int = 1, prune_variant: str = SHARED_PLAN,
                       downsample_factors: tuple[float, float] = (0.0, 0.0), downsample_stop: float = 1.0) -> float:
         """Sum over the schedule's steps (per image, times ``calls_per_step`` UNet evaluations)."""
         stop = int(downsample_stop * schedule.steps) if schedule.method == "downsample" else schedule.steps

@@ -156,14 +156,14 @@ class PatchOptions:
     """Validated options of one patch (see :func:`apply_patch`)."""
 
     method: str
-    max_downsample: int
-    seed: int
-    noise_alpha: float
-    align_cfg: bool
-    use_rand: bool
-    clock: str
-    steps: int | None
-    prune_variant: str = "shared-plan"
+    max_downsample: int = 1
+    seed: int = 0
+    noise_alpha: float = 0.1
+    align_cfg: bool = True
+    use_rand: bool = True
+    clock: str = "auto"
+    steps: int | None = None
+    prune_variant: str = tokens.SHARED_PLAN
     downsample_factor: float = 0.0
     downsample_factor2: float = 0.0
     downsample_stop: float = 1.0
@@ -205,6 +205,9 @@ class PatchOptions:
             raise ScheduleError(f"adaptive_depth = {self.adaptive_depth!r}, expected an integer depth")
 
 
+_DEFAULTS = PatchOptions("none")  # the engine's option defaults, written once (above) for apply_patch too
+
+
 class DatoPatch:
     """The live patch on one UNet. Created by :func:`apply_patch`; read it with :func:`get_patch`."""
 
@@ -223,7 +226,7 @@ class DatoPatch:
         self._resampled: dict[int, Schedule] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # kept: no allocation per call
-        self._check_schedule_fits(schedule)
+        self.layout.check_schedule_fits(schedule)
         self.stored_blocks = {self.layout.cached_feature_block(a) for a in schedule.cache if a >= 0}
         if REUSE in schedule.cache:
             self.stored_blocks.add("out")
@@ -238,21 +241,6 @@ class DatoPatch:
         finest = min((ds for _, ds, _ in found), default=1)
         self.token_blocks = [(role, ds, block) for role, ds, block in found if ds <= finest * options.max_downsample]
         self.uses_tokens = options.method != "none" and any(r > 0 for r in schedule.ratio)
-
-    def _check_schedule_fits(self, schedule: Schedule) -> None:
-        """Depths count blocks from the image side: on SD1.x and SDXL depths 0..8 cache the same resolutions,
-        so a schedule runs unchanged on either; a depth the loaded UNet lacks is refused, never converted."""
-        deepest = schedule.max_cache_depth
-        if deepest <= self.layout.max_depth:
-            return
-        layout = self.layout
-        written = schedule.provenance.get("layout")
-        written = f", written for {written}" if written else ""
-        raise ScheduleError(
-            f"cache depth {deepest} is outside 0..{layout.max_depth} for this {layout.label} UNet: schedule "
-            f"{schedule.name!r}{written} is refused, not converted (its deepest branch has no counterpart here); "
-            f"use a schedule with depths 0..{layout.max_depth}"
-        )
 
     # ------------------------------------------------------------ install
     def install(self, unet: torch.nn.Module) -> None:
@@ -464,7 +452,7 @@ class DatoPatch:
         method = self.options.method
         if method == "merge":
             return tokens.merge_plan(x, grid, ctx.ratio, ctx.generator if self.options.use_rand else None)
-        if method == "prune" and self.options.prune_variant != "shared-plan":
+        if method == "prune" and self.options.prune_variant != tokens.SHARED_PLAN:
             return self._prune_plan(ctx, ds, grid, x)
         key = (ds, x.shape[1])
         if key not in ctx.level_plans:
@@ -494,7 +482,7 @@ class DatoPatch:
         noise = noise.to(device=x.device, dtype=x.dtype) * self.options.noise_alpha
         variant = self.options.prune_variant
         weight = None
-        if variant != "shared-plan":  # DaTo: 0.1 * dynamics, its sign flipped at random on every call
+        if variant != tokens.SHARED_PLAN:  # DaTo: 0.1 * dynamics, its sign flipped at random on every call
             flip = torch.rand((), generator=gen, device=gen.device) < 0.5
             weight = torch.where(flip, -DYNAMICS_WEIGHT, DYNAMICS_WEIGHT).to(device=x.device, dtype=x.dtype)
         return tokens.prune_plan(x, grid, ctx.ratio, dynamics, noise, align_halves=self.options.align_cfg,
@@ -513,19 +501,19 @@ def apply_patch(
     method: str | None = None,
     ratio: float | Sequence[float] | None = None,
     steps: int | None = None,
-    max_downsample: int = 1,
-    seed: int = 0,
-    noise_alpha: float = 0.1,
-    align_cfg: bool = True,
-    use_rand: bool = True,
-    clock: str = "auto",
-    prune_variant: str = "shared-plan",
-    downsample_factor: float = 0.0,
-    downsample_factor2: float = 0.0,
-    downsample_stop: float = 1.0,
-    adaptive: float | None = None,
-    adaptive_depth: int = 0,
-    adaptive_cap: int = 3,
+    max_downsample: int = _DEFAULTS.max_downsample,
+    seed: int = _DEFAULTS.seed,
+    noise_alpha: float = _DEFAULTS.noise_alpha,
+    align_cfg: bool = _DEFAULTS.align_cfg,
+    use_rand: bool = _DEFAULTS.use_rand,
+    clock: str = _DEFAULTS.clock,
+    prune_variant: str = _DEFAULTS.prune_variant,
+    downsample_factor: float = _DEFAULTS.downsample_factor,
+    downsample_factor2: float = _DEFAULTS.downsample_factor2,
+    downsample_stop: float = _DEFAULTS.downsample_stop,
+    adaptive: float | None = _DEFAULTS.adaptive,
+    adaptive_depth: int = _DEFAULTS.adaptive_depth,
+    adaptive_cap: int = _DEFAULTS.adaptive_cap,
 ) -> DatoPatch:
     """Patch ``model``'s ldm UNet (the UNet, a ``DiffusionWrapper`` or a ``LatentDiffusion``).
 

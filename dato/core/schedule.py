@@ -43,6 +43,7 @@ __all__ = [
     "ScheduleError",
     "builtin_schedule_dir",
     "find_schedules",
+    "schedule_catalog",
     "load_schedule",
     "ratio_allowed",
     "ratio_range",
@@ -477,16 +478,23 @@ def user_schedule_dir() -> Path:
     return builtin_schedule_dir() / "user"
 
 
-def find_schedules(dirs: Iterable[str | os.PathLike[str]] | None = None) -> dict[str, Path]:
-    """Schedule name -> file, from the built-in presets and any extra folders (later folders win)."""
-    found: dict[str, Path] = {}
-    folders = [builtin_schedule_dir(), *(Path(d) for d in (dirs or ()))]
-    for folder in folders:
+def schedule_catalog(folders: Iterable[tuple[str, str | os.PathLike[str]]]) -> dict[str, tuple[Path, str]]:
+    """Schedule name -> (file, source label) over labelled folders, in order (later folders win a name): the one
+    listing behind :func:`find_schedules` and the WebUI's store."""
+    found: dict[str, tuple[Path, str]] = {}
+    for source, folder in folders:
+        folder = Path(folder)
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.json")):
-            found[path.stem] = path
+            found[path.stem] = (path, source)
     return found
+
+
+def find_schedules(dirs: Iterable[str | os.PathLike[str]] | None = None) -> dict[str, Path]:
+    """Schedule name -> file, from the built-in presets and any extra folders (later folders win)."""
+    folders = [("preset", builtin_schedule_dir()), *(("folder", d) for d in (dirs or ()))]
+    return {name: path for name, (path, _) in schedule_catalog(folders).items()}
 
 
 def load_schedule(name_or_path: str | os.PathLike[str] | Schedule,

@@ -1,15 +1,21 @@
 """Speed you can count on: the expected MACs speed-up of a schedule, and "make it N x faster".
 
-``expected_speedup`` prices a schedule at the step count, latent size, token
-levels and sampler order it will actually run at (a second-order sampler such
-as Heun calls the UNet twice a step, once on the last step; both calls of a
-step take that step's action). ``target_schedule`` turns a speed target into
-the schedule of a fixed rule family that meets it with the best expected
-quality; the family and its quality order are stated in ``docs/results.md``
-(measured on the trained fixture): more full steps first, then no
-whole-output reuse, then a deeper cached branch, then less token reduction,
-then the smallest overshoot. Every candidate is a rule (``uniform`` or
-``cycle``), so the chosen schedule regenerates exactly at any step count.
+One clock model prices every schedule: a :class:`~dato.core.clock.PassClock` says how many
+steps the pass's step clock reports (the schedule is resampled to that many)
+and how many UNet calls fall on each clock step. The WebUI's denoiser counts
+model calls, so a second-order sampler such as Heun reports ``2 n`` clock steps
+for ``n`` sampler steps and calls the UNet on the first ``2 n - 1`` of them (the
+last sampler step has one evaluation); the headless samplers count sampler steps,
+so both calls of a step share its action. ``expected_speedup`` and
+``target_schedule`` take the clock, so the accordion's preview, the run, the
+API check and ``python -m dato target`` price one model.
+
+``target_schedule`` turns a speed target into the schedule of a fixed rule family
+that meets it with the best expected quality; the family and its quality order
+are stated in ``docs/results.md`` (measured on the trained fixture): more full
+steps first, then no whole-output reuse, then a deeper cached branch, then less
+token reduction, then the smallest overshoot. Every candidate is a rule
+(``uniform`` or ``cycle``), so the chosen schedule regenerates exactly at any step count.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dato.core.clock import PassClock
 from dato.core.macs import UNetCost
 from dato.core.schedule import FULL, REUSE, Schedule, ScheduleError, short_repr
 
-__all__ = ["TARGET_LIMIT", "TargetError", "check_target", "clock_steps", "expected_speedup", "target_family",
+__all__ = ["TARGET_LIMIT", "PassClock", "TargetError", "check_target", "expected_speedup", "target_family",
            "target_schedule", "max_target"]
 
 TARGET_LIMIT = 100.0  # no step count reaches this; a larger value is refused as a typo before any pricing
@@ -58,18 +65,20 @@ class _Pricer:
                                                   self.max_downsample)
         return self._memo[key]
 
-    def speedup(self, schedule: Schedule, second_order: bool) -> float:
-        calls = [self.call(a, r) for a, r in zip(schedule.cache, schedule.ratio, strict=True)]
+    def speedup(self, schedule: Schedule, clock: PassClock) -> float:
+        laid = schedule.resample(clock.total)
         full = self.call(FULL, 0.0)
-        if second_order:  # two calls a step, one on the last (its second point would be sigma 0)
-            return (2 * len(calls) - 1) * full / (2 * sum(calls) - calls[-1])
-        return len(calls) * full / sum(calls)
+        actions = [*zip(laid.cache, laid.ratio, strict=True), *[(FULL, 0.0)] * (len(clock.calls) - clock.total)]
+        spent = sum(n * self.call(a, r) for n, (a, r) in zip(clock.calls, actions, strict=True) if n)
+        return sum(clock.calls) * full / spent
 
 
 def expected_speedup(cost: UNetCost, schedule: Schedule, height: int, width: int, *, max_downsample: int = 1,
-                     second_order: bool = False) -> float:
-    """Analytic MACs speed-up of ``schedule`` over every step full (no token reduction), per image."""
-    return _Pricer(cost, height, width, schedule.method, max_downsample).speedup(schedule, second_order)
+                     clock: PassClock | None = None) -> float:
+    """Analytic MACs speed-up of ``schedule`` over every call full (no token reduction), per image, with the
+    schedule laid over ``clock`` (default: one call per step of the schedule)."""
+    clock = clock or PassClock.counting_steps(schedule.steps)
+    return _Pricer(cost, height, width, schedule.method, max_downsample).speedup(schedule, clock)
 
 
 def target_family(steps: int, method: str = "prune") -> list[Schedule]:
@@ -94,28 +103,30 @@ def _quality_key(schedule: Schedule) -> tuple:
     return (schedule.full_steps, -reuse, depth, -schedule.ratio[0])
 
 
-def _candidates(cost: UNetCost, steps: int, height: int, width: int, method: str, max_downsample: int,
-                second_order: bool) -> list[tuple[Schedule, float]]:
+def _candidates(cost: UNetCost, clock: PassClock, height: int, width: int, method: str,
+                max_downsample: int) -> list[tuple[Schedule, float]]:
     pricer = _Pricer(cost, height, width, method, max_downsample)
-    return [(s, pricer.speedup(s, second_order)) for s in target_family(steps, method)]
+    return [(s, pricer.speedup(s, clock)) for s in target_family(clock.total, method)]
 
 
-def max_target(cost: UNetCost, steps: int, height: int, width: int, *, method: str = "prune",
-               max_downsample: int = 1, second_order: bool = False) -> float:
-    """The largest speed-up the family reaches at this step count, size, token levels and sampler."""
-    return max(sp for _, sp in _candidates(cost, steps, height, width, method, max_downsample, second_order))
+def max_target(cost: UNetCost, clock: PassClock, height: int, width: int, *, method: str = "prune",
+               max_downsample: int = 1) -> float:
+    """The largest speed-up the family reaches on this clock, size and token levels."""
+    return max(sp for _, sp in _candidates(cost, clock, height, width, method, max_downsample))
 
 
-def target_schedule(cost: UNetCost, target: Any, steps: int, height: int, width: int, *, method: str = "prune",
-                    max_downsample: int = 1, second_order: bool = False, field: str = "target") -> Schedule:
-    """The schedule with the best expected quality whose speed-up at ``steps`` is at least ``target``.
+def target_schedule(cost: UNetCost, target: Any, clock: PassClock, height: int, width: int, *,
+                    method: str = "prune", max_downsample: int = 1, field: str = "target",
+                    steps_label: int | None = None) -> Schedule:
+    """The schedule (of ``clock.total`` steps) with the best expected quality whose speed-up is at least ``target``.
 
-    Raises :class:`TargetError` naming ``field`` for a bad value, or saying the nearest reachable
-    speed-up when none of the family reaches ``target`` at this step count.
+    Raises :class:`TargetError` naming ``field`` for a bad value, or saying the nearest reachable speed-up when
+    none of the family reaches ``target`` (at ``steps_label`` sampler steps; default: the clock's total).
     """
     target = check_target(target, field)
-    candidates = _candidates(cost, steps, height, width, method, max_downsample, second_order)
+    candidates = _candidates(cost, clock, height, width, method, max_downsample)
     meeting = [(s, sp) for s, sp in candidates if sp >= target - 1e-9]
+    steps = clock.total if steps_label is None else steps_label
     if not meeting:
         best = max(sp for _, sp in candidates)
         raise TargetError(f"{field} = {target:g}: not reachable at {steps} steps; the nearest reachable is "
@@ -126,10 +137,4 @@ def target_schedule(cost: UNetCost, target: Any, steps: int, height: int, width:
     return Schedule(name, chosen.cache, chosen.ratio, method, description=f"speed target {target:g}x at {steps} "
                     f"steps: expected {speed:.2f}x", rule=rule,
                     provenance={"generator": "target", "target_speedup": target, "expected_speedup": round(speed, 4),
-                                "second_order": second_order})
-
-
-def clock_steps(steps: int, second_order: bool) -> int:
-    """How many steps the WebUI's step clock reports for ``steps`` sampler steps: a second-order sampler's
-    denoiser counts its model calls (``2 * steps - 1``), so the schedule is laid over those."""
-    return 2 * steps - 1 if second_order and steps > 1 else steps
+                                "clock_steps": clock.total})

@@ -39,6 +39,7 @@ __all__ = [
     "patch_grid_choice",
     "gather",
     "PRUNE_VARIANTS",
+    "SHARED_PLAN",
     "todo_size",
 ]
 
@@ -48,7 +49,8 @@ __all__ = [
 #: ``base-restore``: the same, but a pruned token copies the base token it was matched to.
 #: ``shared-plan``: one plan per level and call (first block's features), base-token restoration,
 #: score ``dynamics / mean + 0.1 * noise`` (the engine's behaviour before the faithful mode).
-PRUNE_VARIANTS = ("faithful", "base-restore", "shared-plan")
+SHARED_PLAN = "shared-plan"  # the default prune variant: one plan per resolution level and call
+PRUNE_VARIANTS = ("faithful", "base-restore", SHARED_PLAN)
 
 #: Force the MPS-safe gather everywhere (tests set it to check the fallback on CPU).
 FORCE_GATHER_FALLBACK = False
@@ -202,14 +204,19 @@ def _split_dst_src(dst: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return order[:, : num_tokens - dst.shape[1]]
 
 
+def _unit(metric: torch.Tensor) -> torch.Tensor:
+    """Each token scaled to unit length, normalised in fp32 for half types: their squared norm overflows fp16
+    (65504) at |x| ~ 15 on backends whose half ``norm`` does not accumulate in fp32; cosines fit any dtype."""
+    if metric.dtype in (torch.float16, torch.bfloat16):
+        wide = metric.float()
+        return (wide / wide.norm(dim=-1, keepdim=True)).to(metric.dtype)
+    return metric / metric.norm(dim=-1, keepdim=True)
+
+
 def _bipartite_match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor):
     """Cosine similarity of every src token to every dst token; best dst per src and its score."""
     channels = metric.shape[-1]
-    if metric.dtype in (torch.float16, torch.bfloat16):  # the squared norm overflows fp16 (65504) at |x| ~ 15
-        wide = metric.float()
-        metric = (wide / wide.norm(dim=-1, keepdim=True)).to(metric.dtype)  # cosines in [-1, 1] fit any dtype
-    else:
-        metric = metric / metric.norm(dim=-1, keepdim=True)
+    metric = _unit(metric)
     a = gather(metric, 1, _expand_idx(src, channels))
     b = gather(metric, 1, _expand_idx(dst, channels))
     scores = a @ b.transpose(-1, -2)
@@ -222,7 +229,7 @@ def _most_similar_kept(metric: torch.Tensor, kept: torch.Tensor, pruned: torch.T
     Pruned x kept similarities, computed ``RESTORE_CHUNK_ELEMENTS`` at a time: never N x N in memory.
     """
     channels = metric.shape[-1]
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    metric = _unit(metric)
     k = gather(metric, 1, _expand_idx(kept, channels)).transpose(-1, -2)
     step = max(1, RESTORE_CHUNK_ELEMENTS // max(1, kept.shape[1]))
     parts = []

@@ -189,7 +189,7 @@ def token_study_variants(steps: int) -> list[Variant]:
 def macs_options(variant: Variant) -> dict:
     """The :meth:`UNetCost.schedule_macs` keywords that a variant's patch options change."""
     o = variant.options
-    return {"prune_variant": o.get("prune_variant", "shared-plan"),
+    return {"prune_variant": o.get("prune_variant", tokens.SHARED_PLAN),
             "downsample_factors": (o.get("downsample_factor", 0.0), o.get("downsample_factor2", 0.0)),
             "downsample_stop": o.get("downsample_stop", 1.0)}
 

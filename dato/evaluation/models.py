@@ -33,8 +33,8 @@ from dato.core.layout import UNetLayout, block_modules
 
 __all__ = ["sd15_unet_config", "tiny_unet_config", "sdxl_unet_config", "tiny_sdxl_unet_config", "build_unet",
            "randomize_zero_init", "load_unet_from_checkpoint", "is_sdxl_config", "size_vector_width",
-           "sdxl_size_vector", "supply_size_vector", "place_unet", "ARCHITECTURES", "architecture_cost",
-           "CheckpointError", "check_checkpoint"]
+           "sdxl_size_vector", "supply_size_vector", "place_unet", "ARCHITECTURES",
+           "CheckpointError", "check_checkpoint", "construct_unet"]
 
 
 def sd15_unet_config() -> dict[str, Any]:
@@ -163,7 +163,8 @@ def _ldm_built_sgm_unet(config: Mapping[str, Any]) -> torch.nn.Module:
     return unet
 
 
-def _construct(config: Mapping[str, Any]) -> torch.nn.Module:
+def construct_unet(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The network of ``config`` (under a ``torch.device("meta")`` context: shapes only), weights as built."""
     if not is_sdxl_config(config):
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -177,23 +178,10 @@ def build_unet(config: Mapping[str, Any], seed: int = 0, randomize: bool = True,
     """A real ldm (SD1.x/2.x) or sgm-topology (SDXL) ``UNetModel`` with seeded random weights (drawn in fp32
     on the CPU), in eval mode."""
     torch.manual_seed(seed)
-    unet = _construct(config)
+    unet = construct_unet(config)
     if randomize:
         randomize_zero_init(unet, seed)
     return place_unet(unet, device, dtype)
-
-
-def architecture_cost(arch: str = "sd15"):
-    """The analytic cost model (:class:`~dato.core.macs.UNetCost`) of a built-in architecture's UNet.
-
-    Traced on the meta device: shapes only, no weights, a second or two even for SDXL's 2.6G parameters.
-    """
-    from dato.core.macs import trace_unet_cost
-
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
-    with torch.device("meta"):
-        return trace_unet_cost(_construct(ARCHITECTURES[arch]()))
 
 
 def _cast_to_weights(module: torch.nn.Module, args: tuple) -> tuple:
@@ -320,7 +308,7 @@ def load_unet_from_checkpoint(path: str, config: Mapping[str, Any] | None = None
           and unet_state["input_blocks.1.1.proj_in.weight"].dim() == 2):
         raise ValueError(f"{path}: looks like SD2.x (linear proj_in); pass its UNet config explicitly")
     with torch.device("meta"):
-        unet = _construct(config or sd15_unet_config())
+        unet = construct_unet(config or sd15_unet_config())
     missing, unexpected = unet.load_state_dict(unet_state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"{path}: UNet weights do not match the config (missing {len(missing)}, "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from dato.core.clock import PassClock
 from dato.core.macs import trace_unet_cost
 from dato.core.patch import get_patch
 from dato.core.schedule import FULL, Schedule
@@ -129,7 +130,7 @@ def speed_variants(cost, steps: int, height: int, width: int) -> list[Variant]:
     variants = []
     for target in (2.0, 4.0, 6.0):
         try:
-            s = target_schedule(cost, target, steps, height, width, method="prune")
+            s = target_schedule(cost, target, PassClock.counting_steps(steps), height, width, method="prune")
         except TargetError:  # not reachable at this step count on this model
             continue
         variants.append(Variant(f"target {target:g}x", s, group="target"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from dato.core.clock import PassClock
 from dato.core.schedule import Schedule
 from dato.core.speed import max_target, target_schedule
 from dato.evaluation.backends import StandaloneBackend
@@ -37,14 +38,15 @@ class SpeedTargetGenerator:
         cost = backend.unet_cost()
         height, width = backend.latent_shape[-2:]
         levels = backend.max_downsample
-        top = max_target(cost, backend.steps, height, width, method=self.method, max_downsample=levels)
+        clock = PassClock.counting_steps(backend.steps, backend.sampler == "heun")  # the headless samplers' clock
+        top = max_target(cost, clock, height, width, method=self.method, max_downsample=levels)
         out = {}
         for target in targets:
             reachable = min(target, math.floor(top * 100) / 100)
             if reachable < target:
                 log(f"speed-target: {target:g}x is not reachable at {backend.steps} steps; using the fastest "
                     f"rule ({reachable:g}x)")
-            schedule = target_schedule(cost, reachable, backend.steps, height, width, method=self.method,
+            schedule = target_schedule(cost, reachable, clock, height, width, method=self.method,
                                        max_downsample=levels)
             out[target] = schedule.with_provenance(generator=self.name, target_speedup=target)
         return out

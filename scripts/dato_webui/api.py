@@ -3,7 +3,8 @@
 Routes, mounted by ``on_app_started(demo, app)``:
 
 * ``GET    /dato/v1/args``                 the argument list: order, names, defaults, meaning
-* ``POST   /dato/v1/args``                 validate ``{"args": [...]}``; canonical positional and named forms
+* ``POST   /dato/v1/args``                 validate ``{"args": [...], "request": {...}}``; canonical positional and
+                                           named forms, and the plan the run would make for that request
 * ``GET    /dato/v1/schedules``            installed schedules (presets, search results, yours)
 * ``GET    /dato/v1/schedules/{name}``     one schedule; ``?steps=N`` adds its preview resampled to N steps
 * ``POST   /dato/v1/schedules``            upload a schedule JSON (validated, atomic, name collisions refused)
@@ -23,16 +24,18 @@ the reason before the job is queued; every other request passes untouched.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from dato.core.options import ARG_FIELDS, SCHEDULE_UNIFORM, ArgsError, DatoArgs, pass_summary
+from dato.core.arguments import ARGS, ArgsError, DatoArgs, arg_spec
+from dato.core.plan import Geometry, RunPlan, pass_summary, plan_run
 from dato.core.schedule import MAX_STEPS, Schedule, ScheduleError, short_repr
 
 from . import settings, store
-from .host import loaded_layout
+from .host import geometry_from_request, host_facts
 from .requests import RequestError, error_response, parse_json, read_json
 
 PREFIX = "/dato/v1"
@@ -42,38 +45,33 @@ MAX_UPLOAD = 1 << 20
 
 
 def args_spec() -> dict[str, Any]:
+    """``GET /dato/v1/args``: every argument from the table, with the default this WebUI starts from."""
     d = settings.defaults()
     return {
         "script": SCRIPT_KEY,
-        "args": [{"index": i, "name": f.name, "default": getattr(d, f.name), "help": f.help}
-                 for i, f in enumerate(ARG_FIELDS)],
-        "example": {"alwayson_scripts": {SCRIPT_KEY: {"args": [True, "prune", 0.4, "balanced"]}}},
-        "named_example": {"alwayson_scripts": {SCRIPT_KEY: {"args": [{"method": "prune", "ratio": 0.4}]}}},
+        "args": [arg_spec(a, getattr(d, a.name)) for a in ARGS],
+        "null": "an argument given as null keeps its default (the accordion's starting value)",
+        "example": {"alwayson_scripts": {SCRIPT_KEY: {"args": [True, d.method, d.ratio, d.schedule]}}},
+        "named_example": {"alwayson_scripts": {SCRIPT_KEY: {"args": [{"method": d.method, "ratio": d.ratio}]}}},
     }
 
 
-def check_args(args: Any) -> DatoArgs:
-    """Validate an ``args`` value as the script will read it (raises :class:`ArgsError`)."""
+def check_args(args: Any, request: dict | None = None, img2img: bool = False) -> tuple[DatoArgs, RunPlan]:
+    """Validate an ``args`` value as the run will read it and plan it as the run will (raises :class:`ArgsError`
+    or :class:`ScheduleError`): the request's geometry (its steps, size, sampler, hires fix, strength) and
+    ``override_settings`` (Token Merging) when it is a generation request."""
     if not isinstance(args, list):
         raise ArgsError(f"'args' must be a list (positional, or one object with named arguments); got "
                         f"{type(args).__name__}")
     parsed = DatoArgs.from_args(args, settings.defaults())
-    if parsed.enabled:  # the schedules must exist, the ratio suit the method, the depths fit the loaded model
-        from dato.core.options import build_schedule
-
-        layout = loaded_layout()
-        passes = [("", parsed.first_pass())]
-        hires = parsed.hires_pass()
-        if hires is not None and parsed.hr_mode == "own":
-            passes.append(("hr_", hires))
-        for prefix, pass_settings in passes:
-            schedule, _ = build_schedule(pass_settings, store.load)
-            if schedule.max_cache_depth > layout.max_depth:
-                what = (f"{prefix}depth = {pass_settings.depth}" if pass_settings.schedule == SCHEDULE_UNIFORM
-                        else f"{prefix}schedule {short_repr(pass_settings.schedule)} caches at depth "
-                             f"{schedule.max_cache_depth}, which")
-                raise ArgsError(f"{what} is deeper than the loaded model allows (0..{layout.max_depth})")
-    return parsed
+    body = request or {}
+    geometry = geometry_from_request(body, img2img) if request is not None else Geometry()
+    override = body.get("override_settings") if isinstance(body.get("override_settings"), dict) else None
+    facts = host_facts(None, img2img, override)
+    plan = plan_run(parsed, geometry, facts, store.load)
+    if parsed.enabled and parsed.hr_mode == "own" and not geometry.hires:  # a typo in hr_* is refused all the same
+        plan_run(parsed, replace(geometry, hires=True), facts, store.load)
+    return parsed, plan
 
 
 def register(app: Any) -> None:
@@ -91,11 +89,15 @@ def register(app: Any) -> None:
             return error_response(exc.status, str(exc))
         if not isinstance(body, dict) or "args" not in body:
             return error_response(422, "expected a JSON object {\"args\": [...]}")
+        request = body.get("request")
+        if request is not None and not isinstance(request, dict):
+            return error_response(422, "'request' must be a txt2img/img2img request object (its geometry is used)")
         try:
-            parsed = check_args(body["args"])
+            parsed, plan = check_args(body["args"], request or {}, img2img=bool(body.get("img2img", False)))
         except (ArgsError, ScheduleError) as exc:
             return error_response(422, str(exc))
-        return {"args": parsed.to_args(), "named": parsed.to_dict()}
+        return {"args": parsed.to_args(), "named": parsed.to_dict(), "plan": plan.preview(),
+                "infotext": plan.infotext(), "notes": plan.notes}
 
     @app.get(PREFIX + "/schedules", tags=["sd-webui-dato"])
     def list_schedules():
@@ -183,7 +185,7 @@ class ArgsCheckMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        problem = _problem(body)
+        problem = _problem(body, str(scope.get("path", "")))
         if problem is not None:
             payload = json.dumps({"detail": f"sd-webui-dato: {problem}", "error": "DaToArgumentError"}).encode()
             await send({"type": "http.response.start", "status": 422,
@@ -207,7 +209,7 @@ def _replay(messages: list[dict], receive=None):
     return replay
 
 
-def _problem(body: bytes) -> str | None:
+def _problem(body: bytes, path: str) -> str | None:
     """The reason this request's DaTo arguments are invalid, or ``None`` (also when it has none)."""
     try:
         data = json.loads(body or b"{}")
@@ -222,7 +224,7 @@ def _problem(body: bytes) -> str | None:
     if not isinstance(entry, dict) or "args" not in entry:
         return None if isinstance(entry, dict) else "expected {\"args\": [...]}"
     try:
-        check_args(entry["args"])
+        check_args(entry["args"], data, img2img=path.endswith("img2img"))
     except (ArgsError, ScheduleError) as exc:
         return str(exc)
     return None

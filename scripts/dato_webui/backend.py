@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import dato
+from dato.core.arguments import ARG_BY_NAME
 from dato.core.macs import trace_unet_cost
 from dato.core.schedule import Schedule, short_repr
 from dato.generators.search import SearchCancelled
@@ -83,7 +84,8 @@ class WebUIBackend:
     """Images of the live model through the WebUI's processing (see the module docstring)."""
 
     def __init__(self, steps: int, sampler_name: str = "Euler", width: int = 512, height: int = 512,
-                 cfg_scale: float = 7.0, negative_prompt: str = "", max_downsample: int = 1) -> None:
+                 cfg_scale: float = 7.0, negative_prompt: str = "",
+                 max_downsample: int = ARG_BY_NAME["max_downsample"].default) -> None:
         self.steps = int(steps)
         self.sampler_name = str(sampler_name)
         self.width, self.height = int(width), int(height)

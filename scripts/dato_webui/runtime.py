@@ -30,37 +30,49 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import dato
-from dato.core.macs import trace_unet_cost
-from dato.core.options import ArgsError, DatoArgs, PassSettings, build_schedule, infotext_params
-from dato.core.schedule import Schedule, ScheduleError
-from dato.core.speed import clock_steps, target_schedule
+from dato.core.arguments import ArgsError, DatoArgs
+from dato.core.infotext import ALL_KEYS, NOTE_KEYS
+from dato.core.plan import PassPlan, RunPlan, plan_run
+from dato.core.schedule import ScheduleError
 
 from . import store
-from .host import TAG, _shared, denoiser_step, is_second_order, other_accelerator, pass_geometry, tell
+from .host import TAG, _shared, denoiser_step, geometry_of, host_facts, other_accelerator, tell
 
 log = logging.getLogger("sd-webui-dato")
-@dataclass
-class PassPlan:
-    settings: PassSettings
-    schedule: Schedule
-    source: Schedule | None
 
 
 @dataclass
 class Run:
-    """One armed generation: the processing object and what each pass runs."""
+    """One armed generation: the processing object and its plan (both passes)."""
 
     p: Any
-    args: DatoArgs
-    first: PassPlan | None
-    hires: PassPlan | None
+    plan: RunPlan
     job_start: float | None
     job_bound: bool
     stats: list[dict] = field(default_factory=list)
+
+
+def plan_for(p: Any, args: DatoArgs) -> RunPlan:
+    """The run's plan: the arguments, the geometry ``p`` will run with and the host's facts, through the one
+    planner the preview, the API check and the CLI ask too."""
+    is_img2img = getattr(p, "init_images", None) is not None or getattr(p, "init_latent", None) is not None
+    return plan_run(args, geometry_of(p), host_facts(p, is_img2img), store.load)
+
+
+def write_infotext(p: Any, plan: RunPlan | None) -> None:
+    """Replace this extension's infotext entries with the plan's, or just remove them (``None``): X/Y/Z cells
+    share one dict, and a pass that changes when its patch goes on rewrites them."""
+    params = getattr(p, "extra_generation_params", None)
+    if not isinstance(params, dict):
+        return
+    for key in [k for k in params if k in ALL_KEYS]:
+        del params[key]
+    if plan is not None:
+        params.update(plan.infotext())
 
 
 class Runtime:
@@ -111,12 +123,11 @@ class Runtime:
 
     # ------------------------------------------------------------- lifecycle
     def begin(self, p: Any, raw_args: tuple, defaults: DatoArgs, overrides: dict | None = None) -> None:
-        """``process``: clean up, validate, plan the passes, write the infotext."""
-        # X/Y/Z cells share one extra_generation_params: a cell must never carry an earlier cell's DaTo keys
-        params = getattr(p, "extra_generation_params", None)
-        if isinstance(params, dict):
-            for key in [k for k in params if isinstance(k, str) and k.startswith("DaTo")]:
-                del params[key]
+        """``process``: clean up, validate, plan the passes, write the infotext.
+
+        Planning never hurts the generation: whatever goes wrong, the image is made unaccelerated, nothing is
+        patched, and one line (comment and console) plus the infotext's ``DaTo off`` say why."""
+        write_infotext(p, None)  # an X/Y/Z cell must never carry an earlier cell's keys
         if self.remove("stale patch from an earlier run"):
             print(f"[{TAG}] an earlier generation ended without cleaning up (error or interrupt); "
                   "its patch was removed before this one")
@@ -126,74 +137,32 @@ class Runtime:
             if overrides:
                 args = args.with_overrides(overrides)
         except ArgsError as exc:
-            tell(p, f"not applied: {exc}")
+            self._not_applied(p, str(exc))
             return
         if not args.enabled:
             return
-        shared = _shared()
         try:
-            dato.find_unet(shared.sd_model)
-        except dato.UnsupportedModelError as exc:
-            tell(p, f"not applied: {exc}")
+            dato.find_unet(_shared().sd_model)
+            plan = plan_for(p, args)
+        except (ArgsError, ScheduleError, dato.UnsupportedModelError) as exc:
+            self._not_applied(p, str(exc))
             return
-        has_hires = bool(getattr(p, "enable_hr", False))
-        try:
-            first = self._plan(p, args.first_pass(), for_hr=False)
-            hires_settings = args.hires_pass() if has_hires else None
-            hires = self._plan(p, hires_settings, for_hr=True) if hires_settings is not None else None
-        except (ArgsError, ScheduleError) as exc:
-            tell(p, f"not applied: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a planning bug must not cost the user their image
+            log.exception("%s: planning failed", TAG)
+            self._not_applied(p, f"planning failed ({type(exc).__name__}: {exc})")
             return
-        effective = self._effective_args(args, first, hires, has_hires)
-        p.extra_generation_params.update(infotext_params(
-            effective, first.source if first else None, hires.source if hires else None, has_hires))
+        for note in plan.notes:
+            tell(p, note)
+        write_infotext(p, plan)
         job_start, job_bound = self.job_key()
-        self.run = Run(p, effective, first, hires, job_start, job_bound)
-
-    def _plan(self, p: Any, settings: PassSettings, for_hr: bool) -> PassPlan:
-        """The pass's settings and schedule, built once; rebuilt without tokens only when Token Merging is on."""
-        if settings.target:
-            return self._target_plan(p, settings, for_hr)
-        schedule, source = build_schedule(settings, store.load)
-        tome = self._token_merging_ratio(p, for_hr)
-        if tome > 0 and settings.method != "none" and schedule.method != "none" and any(schedule.ratio):
-            # the WebUI's Token Merging (tomesd) and a token method cannot share the blocks: keep caching only
-            pass_name = "hires pass" if for_hr else "first pass"
-            tell(p, f"the WebUI's Token Merging (ratio {tome:g}) is on, so the {pass_name} uses caching only "
-                    f"(token method {settings.method!r} is off). Set Settings > Optimizations > Token merging "
-                    "ratio to 0 to use it.")
-            settings = replace(settings, method="none")
-            schedule, source = build_schedule(settings, store.load)
-        return PassPlan(settings, schedule, source)
-
-    def _target_plan(self, p: Any, settings: PassSettings, for_hr: bool) -> PassPlan:
-        """A speed target: the best-quality rule meeting it at this pass's steps, sampler, size and token levels."""
-        method = settings.method if settings.method in ("prune", "merge", "downsample", "none") else "prune"
-        if self._token_merging_ratio(p, for_hr) > 0:
-            method = "none"
-        steps, height, width = pass_geometry(p, for_hr)
-        cost = trace_unet_cost(dato.find_unet(_shared().sd_model))
-        schedule = target_schedule(cost, settings.target, clock_steps(steps, is_second_order(p)), height, width,
-                                   method=method, max_downsample=settings.max_downsample, field="speed_target")
-        return PassPlan(replace(settings, method=method, ratio=schedule.ratio[0]), schedule, schedule)
+        self.run = Run(p, plan, job_start, job_bound)
 
     @staticmethod
-    def _token_merging_ratio(p: Any, for_hr: bool) -> float:
-        get_ratio = getattr(p, "get_token_merging_ratio", None)
-        return float(get_ratio(for_hr=for_hr) or 0) if callable(get_ratio) else 0.0
-
-    @staticmethod
-    def _effective_args(args: DatoArgs, first: PassPlan, hires: PassPlan | None, has_hires: bool) -> DatoArgs:
-        """The arguments that describe what will run (what the infotext must say)."""
-        f = first.settings
-        out = replace(args, method=f.method, ratio=f.ratio)
-        if not has_hires or args.hr_mode == "off":
-            return out
-        h = hires.settings if hires else None
-        if h is not None and (args.hr_mode == "own" or h != f):
-            out = replace(out, hr_mode="own", hr_method=h.method, hr_ratio=h.ratio, hr_schedule=h.schedule,
-                          hr_interval=h.interval, hr_depth=h.depth)
-        return out
+    def _not_applied(p: Any, reason: str) -> None:
+        tell(p, f"not applied: {reason}")
+        params = getattr(p, "extra_generation_params", None)
+        if isinstance(params, dict):
+            params[NOTE_KEYS["first"]] = f"not applied: {reason}"
 
     def before_sampling(self, p: Any, model: Any = None) -> None:
         """``process_before_every_sampling``: patch the current UNet (or ``model``'s) for this pass."""
@@ -202,37 +171,43 @@ class Runtime:
         self._last_clock = None
         if run is None or run.p is not p:
             return
-        plan = run.hires if getattr(p, "is_hr_pass", False) else run.first
-        if plan is None:
+        hires = bool(getattr(p, "is_hr_pass", False))
+        plan = run.plan.pass_plan(hires)
+        if plan is None or plan.schedule is None:
             return
         try:
             unet = dato.find_unet(_shared().sd_model if model is None else model)
         except dato.UnsupportedModelError as exc:  # e.g. a hires checkpoint of another kind
             tell(p, f"not applied to this pass: {exc}")
             return
-        hires = bool(getattr(p, "is_hr_pass", False))
         owner = other_accelerator(unet)
         if owner is not None:  # it runs its own forward, skipping blocks itself: our schedule would never run
-            pass_name = "hires pass" if hires else "first pass"
-            tell(p, f"{owner} owns the UNet for the {pass_name}, so DaTo is not applied to it (two step caches "
+            tell(p, f"{owner} owns the UNet for the {plan.label}, so DaTo is not applied to it (two step caches "
                     f"cannot share one UNet); turn one of them off")
-            p.extra_generation_params["DaTo hires off" if hires else "DaTo off"] = owner
+            self._replan(run, run.plan.with_pass_off(hires, f"{owner} owns the UNet"))
             return
         seeds = getattr(p, "seeds", None) or [getattr(p, "seed", 0)]
         seed = int(seeds[0]) if seeds and seeds[0] is not None else 0
         try:
-            patch = self._apply(unet, plan, seed)
-        except dato.PatchConflictError as exc:  # another extension swapped the transformer blocks
-            tell(p, f"token method off for this pass: {exc}")
-            plan.settings = replace(plan.settings, method="none")
-            plan.schedule = plan.schedule.with_method("none").with_ratio(0.0)
-            self._record_method_off(p, bool(getattr(p, "is_hr_pass", False)))
-            patch = self._apply(unet, plan, seed)
+            try:
+                patch = self._apply(unet, plan, seed)
+            except dato.PatchConflictError as exc:  # another extension swapped the transformer blocks
+                tell(p, f"token method off for this pass: {exc}")
+                self._replan(run, run.plan.without_tokens(hires, f"token method off: {exc}"))
+                plan = run.plan.pass_plan(hires)
+                patch = self._apply(unet, plan, seed)
         except (ValueError, ScheduleError) as exc:
             tell(p, f"not applied to this pass: {exc}")
+            self._replan(run, run.plan.with_pass_off(hires, f"not applied: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the pass runs unaccelerated rather than fail the user's image
+            log.exception("%s: patching failed", TAG)
+            self.remove()
+            tell(p, f"not applied to this pass: {type(exc).__name__}: {exc}")
+            self._replan(run, run.plan.with_pass_off(hires, f"patching failed ({type(exc).__name__})"))
             return
         self._patch = patch
-        self._patch_label = ("hires pass" if hires else "first pass") + (
+        self._patch_label = plan.label + (
             f", batch {int(getattr(p, 'iteration', 0)) + 1}" if int(getattr(p, "n_iter", 1) or 1) > 1 else "")
         self._unet_ref = weakref.ref(unet)
         # the guard runs before the engine's pre-hook; the clean-up after the engine's post-hook (hooks cannot be
@@ -240,20 +215,11 @@ class Runtime:
         self._guard_handles = [unet.register_forward_pre_hook(self._guard, prepend=True),
                                unet.register_forward_hook(self._after_guard)]
 
-    def _record_method_off(self, p: Any, hires: bool) -> None:
-        """Make the infotext say that this pass ran without token reduction."""
-        params, run = p.extra_generation_params, self.run
-        if hires and "DaTo hires method" not in params and run is not None and run.hires is not None:
-            params["DaTo hires"] = "own"  # the hires pass no longer matches the first pass
-            params.update(infotext_params(replace(run.args, hr_mode="own", hr_method="none",
-                                                  hr_schedule=run.hires.settings.schedule,
-                                                  hr_interval=run.hires.settings.interval,
-                                                  hr_depth=run.hires.settings.depth),
-                                          run.first.source if run.first else None, run.hires.source, True))
-            return
-        prefix = "DaTo hires" if hires else "DaTo"
-        params[f"{prefix} method"] = "none"
-        params.pop(f"{prefix} ratio", None)
+    @staticmethod
+    def _replan(run: Run, plan: RunPlan) -> None:
+        """A pass changed when its patch went on: keep the new plan and let the infotext say what runs now."""
+        run.plan = plan
+        write_infotext(run.p, plan)
 
     @staticmethod
     def _apply(unet: Any, plan: PassPlan, seed: int):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dato.core.options import HR_MODES, METHOD_CHOICES, ArgsError, DatoArgs
+from dato.core.arguments import ARG_BY_NAME, ARGS, HR_MODES, METHOD_CHOICES, ArgsError, DatoArgs
+from dato.core.schedule import RATIO_LIMIT
 
 SECTION = ("dato", "DaTo acceleration")
 
@@ -37,29 +38,24 @@ def _get(name: str, default: Any) -> Any:
     return default if value is None else value
 
 
+_REPORTED: set[str] = set()
+
+
 def defaults() -> DatoArgs:
-    """The accordion's initial values from Settings; a broken setting falls back to the built-in default."""
-    base = DatoArgs()
-    wanted = {
-        "method": _get("dato_default_method", base.method),
-        "ratio": _get("dato_default_ratio", base.ratio),
-        "schedule": _get("dato_default_schedule", base.schedule),
-        "interval": _get("dato_default_interval", base.interval),
-        "hr_mode": _get("dato_default_hr_mode", base.hr_mode),
-    }
-    wanted["hr_method"], wanted["hr_ratio"], wanted["hr_schedule"] = (
-        wanted["method"], wanted["ratio"], wanted["schedule"])
-    out = base
-    for key, value in wanted.items():
-        try:
-            out = DatoArgs.from_dict({key: value, "enabled": False}, out)
-        except ArgsError:
+    """The accordion's initial values: each argument's Settings option where the table names one (the hires
+    pass's arguments share the first pass's), else the table's default; a broken setting keeps the default."""
+    out = DatoArgs()
+    for arg in ARGS:
+        if arg.setting is None:
             continue
+        try:
+            out = DatoArgs.from_dict({arg.name: _get(arg.setting, arg.default), "enabled": False}, out)
+        except ArgsError as exc:
+            message = f"Settings > DaTo > {arg.setting}: {exc}; the accordion starts at {arg.default!r}"
+            if message not in _REPORTED:  # defaults() runs for every request: say it once
+                _REPORTED.add(message)
+                print(f"[sd-webui-dato] {message}")
     return out
-
-
-def img2img_fix_steps() -> bool:
-    return bool(_get("img2img_fix_steps", False))
 
 
 def on_ui_settings() -> None:
@@ -71,24 +67,31 @@ def on_ui_settings() -> None:
     def schedule_names():
         return {"choices": store.names()}
 
+    def default(name: str):
+        return ARG_BY_NAME[name].default
+
+    def slider(name: str) -> dict:
+        low, high, step = ARG_BY_NAME[name].ui
+        return {"minimum": low, "maximum": high, "step": step}
+
     options = {
         "dato_explanation": shared.OptionHTML(
             "Defaults for the <b>DaTo acceleration</b> accordion in txt2img and img2img, and for API requests "
             "that leave its arguments out. Each generation records what it used in the image's parameters."),
         "dato_default_method": shared.OptionInfo(
-            "prune", "Default token method", gr.Radio, {"choices": list(METHOD_CHOICES)},
+            default("method"), "Default token method", gr.Radio, {"choices": list(METHOD_CHOICES)},
         ).needs_reload_ui(),
         "dato_default_ratio": shared.OptionInfo(
-            0.4, "Default token ratio", gr.Slider, {"minimum": 0.0, "maximum": 0.75, "step": 0.01},
-        ).info("prune/merge need < 0.75").needs_reload_ui(),
+            default("ratio"), "Default token ratio", gr.Slider, slider("ratio"),
+        ).info(f"prune/merge need < {RATIO_LIMIT}").needs_reload_ui(),
         "dato_default_schedule": shared.OptionInfo(
-            "balanced", "Default cache schedule", gr.Dropdown, lambda: schedule_names(), refresh=store.names,
+            default("schedule"), "Default cache schedule", gr.Dropdown, lambda: schedule_names(), refresh=store.names,
         ).needs_reload_ui(),
         "dato_default_interval": shared.OptionInfo(
-            5, "Default N for 'uniform' (a full step every N)", gr.Slider, {"minimum": 1, "maximum": 25, "step": 1},
+            default("interval"), "Default N for 'uniform' (a full step every N)", gr.Slider, slider("interval"),
         ).needs_reload_ui(),
         "dato_default_hr_mode": shared.OptionInfo(
-            "same", "Default for the hires. fix pass", gr.Radio, {"choices": list(HR_MODES)},
+            default("hr_mode"), "Default for the hires. fix pass", gr.Radio, {"choices": list(HR_MODES)},
         ).needs_reload_ui(),
         "dato_schedule_dir": shared.OptionInfo(
             "", "Folder for your schedules (uploads through the API are saved here)",

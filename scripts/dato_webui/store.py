@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dato
-from dato.core.options import RESERVED_SCHEDULE_NAMES, SCHEDULE_NONE, SCHEDULE_UNIFORM
-from dato.core.schedule import Schedule, ScheduleError, builtin_schedule_dir, short_repr
+from dato.core.arguments import RESERVED_SCHEDULE_NAMES, SCHEDULE_NONE, SCHEDULE_UNIFORM
+from dato.core.schedule import Schedule, ScheduleError, builtin_schedule_dir, schedule_catalog, short_repr
 
 PRESET, SEARCH, USER = "preset", "search", "user"
 _LOCK = threading.Lock()
@@ -79,14 +79,8 @@ def folders() -> list[tuple[str, Path]]:
 
 
 def catalog() -> dict[str, Entry]:
-    """Every installed schedule by name (later folders win)."""
-    found: dict[str, Entry] = {}
-    for source, folder in folders():
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.json")):
-            found[path.stem] = Entry(path.stem, path, source)
-    return found
+    """Every installed schedule by name (later folders win; :func:`dato.core.schedule.schedule_catalog`)."""
+    return {name: Entry(name, path, source) for name, (path, source) in schedule_catalog(folders()).items()}
 
 
 def names() -> list[str]:

@@ -1,4 +1,4 @@
-"""The accordion: controls built from :data:`dato.core.options.ARG_FIELDS`, the step preview, paste fields.
+"""The accordion: controls built from the argument table (:data:`dato.core.arguments.ARGS`), the preview, paste fields.
 
 The controls are returned in ``ARG_NAMES`` order, which is the API's
 positional order. The preview is computed here (the engine resamples the
@@ -11,42 +11,32 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
-from dato.core.layout import DEFAULT_LAYOUT
-from dato.core.options import (
-    ADAPTIVE_CAP_LIMIT,
+from dato.core.arguments import (
+    ARG_BY_NAME,
     ARG_NAMES,
     DOWNSAMPLE_CHOICES,
-    HR_MODES,
-    INFOTEXT_KEYS,
-    METHOD_CHOICES,
     SCHEDULE_UNIFORM,
     ArgsError,
     DatoArgs,
-    PassSettings,
-    build_schedule,
-    pass_summary,
 )
-from dato.core.schedule import METHODS, RATIO_LIMIT, Schedule, ScheduleError
-from dato.core.speed import expected_speedup, target_schedule
-from dato.core.tokens import PRUNE_VARIANTS
-from dato.evaluation.models import architecture_cost
+from dato.core.infotext import INFOTEXT_KEYS
+from dato.core.plan import RunPlan, plan_run
+from dato.core.schedule import RATIO_LIMIT, ScheduleError
 
 from . import settings, store
-from .host import loaded_layout
+from .host import geometry_from_request, host_facts
 
-DEEPEST = DEFAULT_LAYOUT.max_depth  # the depth sliders' range (the page is built before a model is known)
 HINTS = {
     "enabled": "Open to accelerate this generation; closed = the WebUI runs unchanged.",
     "method": "How self-attention gets cheaper: DaTo prunes tokens by temporal dynamics, ToMe merges similar "
               "tokens, ToDo downsamples keys/values. 'As scheduled' uses the schedule's own method and "
               "per-step ratios; 'Off' keeps caching only.",
     "ratio": "Share of tokens removed in the high-resolution self-attention at every step. Higher is faster "
-             "and blurrier; 0.3-0.5 is a good start. Prune/merge need < 0.75.",
+             f"and blurrier; 0.3-0.5 is a good start. Prune/merge need < {RATIO_LIMIT}.",
     "schedule": "Which steps run the whole UNet and which reuse cached deep features. 'uniform' = a full "
                 "step every N steps; 'none' = every step full (token reduction only). Presets and your "
                 "saved or searched schedules follow; 🔄 rescans the folders.",
@@ -123,74 +113,57 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
         return gr.Dropdown(label=label, choices=choices, value=value, elem_id=_elem(script, name),
                            info=HINTS["schedule"] if name == "schedule" else "hires pass: " + HINTS["schedule"])
 
+    def slider(name: str, label: str, info: str) -> gr.Slider:
+        low, high, step = ARG_BY_NAME[name].ui
+        return gr.Slider(label=label, minimum=low, maximum=high, step=step, value=getattr(d, name),
+                         elem_id=_elem(script, name), info=info)
+
+    def radio(name: str, label: str, info: str, choices: Any = None) -> gr.Radio:
+        return gr.Radio(label=label, choices=list(choices or ARG_BY_NAME[name].kind.choices), value=getattr(d, name),
+                        elem_id=_elem(script, name), info=info)
+
     with InputAccordion(d.enabled, label="DaTo acceleration", elem_id=_elem(script, "enabled")) as enabled:
         c["enabled"] = enabled
         with enabled.extra():
             gr.HTML(value="", elem_id=_elem(script, "summary"), elem_classes=["dato-summary"])
         with FormRow(elem_classes=["dato-row"]):
-            c["method"] = gr.Radio(label="Token method", choices=list(METHOD_CHOICES), value=d.method,
-                                   elem_id=_elem(script, "method"), info=HINTS["method"])
+            c["method"] = radio("method", "Token method", HINTS["method"])
         with FormRow(elem_classes=["dato-row"]):
-            c["ratio"] = gr.Slider(label="Token ratio", minimum=0.0, maximum=RATIO_LIMIT, step=0.01,
-                                   value=d.ratio, elem_id=_elem(script, "ratio"), info=HINTS["ratio"])
-            c["max_downsample"] = gr.Radio(label="Token levels", choices=list(LEVEL_CHOICES),
-                                           value=d.max_downsample, elem_id=_elem(script, "max_downsample"),
-                                           info=HINTS["max_downsample"])
+            c["ratio"] = slider("ratio", "Token ratio", HINTS["ratio"])
+            c["max_downsample"] = radio("max_downsample", "Token levels", HINTS["max_downsample"], LEVEL_CHOICES)
         with gr.Accordion("Token method details", open=False, elem_classes=["dato-details"]):
             with FormRow(elem_classes=["dato-row"]):
-                c["prune_variant"] = gr.Radio(label="DaTo prune variant", choices=list(PRUNE_VARIANTS),
-                                              value=d.prune_variant, elem_id=_elem(script, "prune_variant"),
-                                              info=HINTS["prune_variant"])
+                c["prune_variant"] = radio("prune_variant", "DaTo prune variant", HINTS["prune_variant"],
+                                           ARG_BY_NAME["prune_variant"].kind.values)
             with FormRow(elem_classes=["dato-row"]):
-                c["downsample_factor"] = gr.Slider(label="ToDo factor", minimum=0.0, maximum=5.0, step=0.5,
-                                                   value=d.downsample_factor,
-                                                   elem_id=_elem(script, "downsample_factor"), info=HINTS["todo"])
-                c["downsample_factor2"] = gr.Slider(label="ToDo factor, second level", minimum=0.0, maximum=5.0,
-                                                    step=0.5, value=d.downsample_factor2,
-                                                    elem_id=_elem(script, "downsample_factor2"),
-                                                    info="0 = the first level's factor")
-                c["downsample_stop"] = gr.Slider(label="ToDo stop after", minimum=0.0, maximum=1.0, step=0.05,
-                                                 value=d.downsample_stop, elem_id=_elem(script, "downsample_stop"),
-                                                 info="fraction of the steps; 1 = never stop")
+                c["downsample_factor"] = slider("downsample_factor", "ToDo factor", HINTS["todo"])
+                c["downsample_factor2"] = slider("downsample_factor2", "ToDo factor, second level",
+                                                 "0 = the first level's factor")
+                c["downsample_stop"] = slider("downsample_stop", "ToDo stop after",
+                                              "fraction of the steps; 1 = never stop")
         with FormRow(elem_classes=["dato-row"]):
             c["schedule"] = schedule_dropdown("schedule", d.schedule, "Cache schedule")
             refresh = ToolButton(value="\U0001f504", elem_id=_elem(script, "refresh"))
         with FormRow(elem_classes=["dato-row"]):
-            c["speed_target"] = gr.Slider(label="Speed target (× faster, 0 = off)", minimum=0.0, maximum=10.0,
-                                          step=0.5, value=d.speed_target, elem_id=_elem(script, "speed_target"),
-                                          info=HINTS["speed_target"])
+            c["speed_target"] = slider("speed_target", "Speed target (× faster, 0 = off)", HINTS["speed_target"])
         with gr.Accordion("Adaptive caching", open=False, elem_classes=["dato-details"]):
             with FormRow(elem_classes=["dato-row"]):
-                c["adaptive"] = gr.Slider(label="Adaptive threshold (0 = off)", minimum=0.0, maximum=1.0, step=0.01,
-                                          value=d.adaptive, elem_id=_elem(script, "adaptive"),
-                                          info=HINTS["adaptive"])
-                c["adaptive_cap"] = gr.Slider(label="Adaptive: cached in a row at most", minimum=1,
-                                              maximum=ADAPTIVE_CAP_LIMIT, step=1, value=d.adaptive_cap,
-                                              elem_id=_elem(script, "adaptive_cap"), info=HINTS["adaptive_cap"])
+                c["adaptive"] = slider("adaptive", "Adaptive threshold (0 = off)", HINTS["adaptive"])
+                c["adaptive_cap"] = slider("adaptive_cap", "Adaptive: cached in a row at most", HINTS["adaptive_cap"])
         with FormRow(elem_classes=["dato-row"], visible=d.schedule == SCHEDULE_UNIFORM) as uniform_row:
-            c["interval"] = gr.Slider(label="Uniform: full step every N", minimum=1, maximum=25, step=1,
-                                      value=d.interval, elem_id=_elem(script, "interval"), info=HINTS["interval"])
-            c["depth"] = gr.Slider(label="Uniform: cache depth", minimum=0, maximum=DEEPEST, step=1, value=d.depth,
-                                   elem_id=_elem(script, "depth"), info=HINTS["depth"])
+            c["interval"] = slider("interval", "Uniform: full step every N", HINTS["interval"])
+            c["depth"] = slider("depth", "Uniform: cache depth", HINTS["depth"])
         with gr.Group(visible=not is_img2img, elem_classes=["dato-hires"]):
-            c["hr_mode"] = gr.Radio(label="Hires. fix pass", choices=list(HR_MODES), value=d.hr_mode,
-                                    elem_id=_elem(script, "hr_mode"), info=HINTS["hr_mode"])
+            c["hr_mode"] = radio("hr_mode", "Hires. fix pass", HINTS["hr_mode"])
             with gr.Group(visible=d.hr_mode == "own") as hr_group:
                 with FormRow(elem_classes=["dato-row"]):
-                    c["hr_method"] = gr.Radio(label="Hires token method", choices=list(METHOD_CHOICES),
-                                              value=d.hr_method, elem_id=_elem(script, "hr_method"),
-                                              info="hires pass: " + HINTS["method"])
-                    c["hr_ratio"] = gr.Slider(label="Hires token ratio", minimum=0.0, maximum=RATIO_LIMIT,
-                                              step=0.01, value=d.hr_ratio, elem_id=_elem(script, "hr_ratio"),
-                                              info="hires pass: " + HINTS["ratio"])
+                    c["hr_method"] = radio("hr_method", "Hires token method", "hires pass: " + HINTS["method"])
+                    c["hr_ratio"] = slider("hr_ratio", "Hires token ratio", "hires pass: " + HINTS["ratio"])
                 with FormRow(elem_classes=["dato-row"]):
                     c["hr_schedule"] = schedule_dropdown("hr_schedule", d.hr_schedule, "Hires cache schedule")
-                    c["hr_interval"] = gr.Slider(label="Hires uniform: every N", minimum=1, maximum=25, step=1,
-                                                 value=d.hr_interval, elem_id=_elem(script, "hr_interval"),
-                                                 info="hires pass: " + HINTS["interval"])
-                    c["hr_depth"] = gr.Slider(label="Hires uniform: depth", minimum=0, maximum=DEEPEST, step=1,
-                                              value=d.hr_depth, elem_id=_elem(script, "hr_depth"),
-                                              info="hires pass: " + HINTS["depth"])
+                    c["hr_interval"] = slider("hr_interval", "Hires uniform: every N",
+                                              "hires pass: " + HINTS["interval"])
+                    c["hr_depth"] = slider("hr_depth", "Hires uniform: depth", "hires pass: " + HINTS["depth"])
         context = gr.Textbox(value="{}", visible=False, elem_id=_elem(script, "context"),
                              elem_classes=["dato-context"])
         preview = gr.HTML(value=preview_html(_values_of(d), "{}", is_img2img), elem_id=_elem(script, "preview"),
@@ -254,71 +227,21 @@ def _int(value: Any, default: int) -> int:
         return default
 
 
-def pass_steps(context: dict[str, Any], is_img2img: bool) -> tuple[int, int | None]:
-    """Sampler steps of the first pass and of the hires pass (``None`` = no hires pass), as the WebUI runs them.
+#: what the page script sends (``javascript/dato.js``), under the names of the txt2img/img2img API's fields
+PAGE_DEFAULTS = {"steps": 20}
 
-    img2img runs ``int(strength * steps) + 1`` steps unless "img2img_fix_steps"
-    is set (``sd_samplers_common.setup_img2img_steps``); the hires pass runs its
-    "Hires steps" or the first pass's count.
-    """
-    steps = max(1, _int(context.get("steps"), 20))
-    if is_img2img:
-        strength = context.get("denoising")
-        try:
-            strength = float(strength)
-        except (TypeError, ValueError):
-            strength = 0.75
-        if not settings.img2img_fix_steps():
-            steps = max(1, int(min(strength, 0.999) * steps) + 1)
-        return steps, None
-    hr = bool(context.get("hr"))
-    return steps, (_int(context.get("hr_steps"), 0) or steps) if hr else None
+
+def preview_plan(values: dict[str, Any], context: dict[str, Any], is_img2img: bool) -> RunPlan:
+    """The plan the run would make for these control values on this page: the same planner, the page's
+    geometry (steps, size, sampler, hires fix, denoising strength) and the loaded model's facts."""
+    args = DatoArgs.from_args([True] + [values.get(n) for n in ARG_NAMES[1:]])
+    geometry = geometry_from_request({**PAGE_DEFAULTS, **context}, is_img2img)
+    return plan_run(args, geometry, host_facts(None, is_img2img), store.load)
 
 
 def preview_data(values: dict[str, Any], context: dict[str, Any], is_img2img: bool) -> dict[str, Any]:
     """The per-step preview of both passes (what ``dato.js`` draws)."""
-    args = DatoArgs.from_args([True] + [values.get(n) for n in ARG_NAMES[1:]])
-    steps, hr_steps = pass_steps(context, is_img2img)
-    passes = []
-    plans: list[tuple[str, PassSettings | None, int]] = [("first pass" if hr_steps else "steps", args.first_pass(),
-                                                          steps)]
-    if hr_steps:
-        plans.append(("hires pass", args.hires_pass(), hr_steps))
-    for label, pass_settings, n in plans:
-        if pass_settings is None:
-            passes.append({"label": label, "steps": n, "off": True})
-            continue
-        height, width = (max(8, _int(context.get(k), 512)) // 8 for k in ("height", "width"))
-        if pass_settings.target:
-            method = pass_settings.method if pass_settings.method in METHODS else "prune"
-            schedule = target_schedule(preview_cost(), pass_settings.target, n, height, width, method=method,
-                                       max_downsample=pass_settings.max_downsample, field="speed_target")
-        else:
-            schedule, _ = build_schedule(pass_settings, store.load)
-        summary = pass_summary(schedule, n)
-        summary["label"] = label
-        summary["name"] = schedule.name
-        priced = schedule.resample(n)
-        if pass_settings.adaptive:  # decided during the run: price the most it can cache (cap cached, then full)
-            summary["adaptive"] = {"threshold": pass_settings.adaptive, "cap": pass_settings.adaptive_cap}
-            bound = Schedule.uniform(n, pass_settings.adaptive_cap + 1, 0, 0.0, priced.method)
-            priced = replace(bound, ratio=priced.ratio)
-        summary["speedup"] = round(expected_speedup(preview_cost(), priced, height, width,
-                                                    max_downsample=pass_settings.max_downsample), 2)
-        passes.append(summary)
-    return {"passes": passes}
-
-
-_PREVIEW_COSTS: dict[str, Any] = {}  # at most one per built-in architecture
-
-
-def preview_cost() -> Any:
-    """The cost model the preview prices with: the loaded model's architecture (SDXL or SD1.x; SD1.x before a
-    model is loaded), traced once on the meta device (shapes only, no weights)."""
-    arch = "sdxl" if loaded_layout().family == "sdxl" else "sd15"
-    if arch not in _PREVIEW_COSTS:
-        _PREVIEW_COSTS[arch] = architecture_cost(arch)
-    return _PREVIEW_COSTS[arch]
+    return preview_plan(values, context, is_img2img).preview()
 
 
 def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> str:
@@ -330,18 +253,20 @@ def preview_html(values: dict[str, Any], raw_context: str, is_img2img: bool) -> 
     data["context"] = raw_context  # the page script re-sends the step counts if this is not what it last sent
     lines = []
     for p in data["passes"]:
+        calls = f", {p['calls']} model calls" if p.get("calls", p["steps"]) != p["steps"] else ""
         if p.get("off"):
-            lines.append(f"{p['label']} ({p['steps']} steps): off")
+            lines.append(f"{p['label']} ({p['steps']} steps): off" + (f" ({p['reason']})" if p.get("reason") else ""))
         else:
             ratio = f", {p['method']} {max(p['ratio']):.2f}" if p["method"] != "none" else ""
             if p.get("adaptive"):
                 a = p["adaptive"]
-                lines.append(f"{p['label']} ({p['steps']} steps{ratio}): adaptive caching, threshold "
+                lines.append(f"{p['label']} ({p['steps']} steps{calls}{ratio}): adaptive caching, threshold "
                              f"{a['threshold']:g}, at most {a['cap']} cached in a row: at most about "
                              f"{p['speedup']:.2f}x faster in MACs, decided during the run")
             else:
-                lines.append(f"{p['label']} ({p['steps']} steps, {p['full']} full{ratio}, about {p['speedup']:.2f}x "
-                             f"faster in MACs): {p['preview']}")
+                lines.append(f"{p['label']} ({p['steps']} steps{calls}, {p['full']} full{ratio}, about "
+                             f"{p['speedup']:.2f}x faster in MACs): {p['preview']}")
+        lines.extend(p.get("notes", ()))
     return preview_box(data, "<br>".join(html.escape(line) for line in lines))
 
 
@@ -352,6 +277,6 @@ def preview_box(data: dict[str, Any], text: str = "") -> str:
     return f'<div class="dato-preview" data-dato="{payload}"><div class="dato-preview-text">{text}</div></div>'
 
 
-__all__ = ["PAGE_CONTROLS", "SCHEDULE_DROPDOWNS", "UI_CONFIG_SOURCE", "build", "keep_ui_config_keys", "pass_steps",
-           "preview_box", "preview_data", "preview_html", "refreshed_choices", "schedule_choices",
+__all__ = ["PAGE_CONTROLS", "SCHEDULE_DROPDOWNS", "UI_CONFIG_SOURCE", "build", "keep_ui_config_keys",
+           "preview_box", "preview_data", "preview_html", "preview_plan", "refreshed_choices", "schedule_choices",
            "schedule_dropdowns"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from dato.core.options import pass_summary
+from dato.core.plan import pass_summary
 from dato.core.schedule import Schedule
 
 from . import backend, ui

@@ -1,4 +1,4 @@
-"""X/Y/Z plot axes: token method, token ratio, cache schedule, speed target, adaptive threshold.
+"""X/Y/Z plot axes: the arguments the table marks (token method, ratio, cache schedule, speed target, adaptive).
 
 An axis value is written onto the plot cell's processing copy
 (``xyz_grid`` applies axes to ``copy(p)``), never into ``shared.opts``; the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dato.core.options import METHOD_CHOICES, ArgsError, DatoArgs
+from dato.core.arguments import ARGS, METHOD_CHOICES, ArgsError, DatoArgs
 from dato.core.schedule import short_repr
 
 from . import store
@@ -60,38 +60,33 @@ def add_axes() -> bool:
     if any(getattr(opt, "dato_axis", False) for opt in xyz.axis_options):
         return True
 
-    def confirm_ratio(p, xs):
-        for x in xs:
-            if not 0.0 <= float(x) <= 0.75:
-                raise RuntimeError(f"[DaTo] Token ratio {x} is outside 0..0.75")
-
-    def confirm_schedule(p, xs):
-        known = set(store.names())
-        for x in xs:
-            if x not in known:
-                raise RuntimeError(f"[DaTo] unknown schedule {short_repr(x)}; installed: {', '.join(sorted(known))}")
-
-    def confirm_named(field: str):
-        def confirm(p, xs):  # the argument's own check, so the message is the one the API gives
+    def confirm(field: str):
+        def check(p, xs):  # the argument's own check, so the message is the one the API gives
             for x in xs:
                 try:
-                    DatoArgs.from_dict({field: float(x)})
-                except (ArgsError, ValueError) as exc:
+                    DatoArgs.from_dict({field: x})
+                except ArgsError as exc:
                     raise RuntimeError(f"[DaTo] {exc}") from None
+                known = store.names()
+                if field == "schedule" and x not in known:
+                    raise RuntimeError(f"[DaTo] unknown schedule {short_repr(x)}; installed: "
+                                       f"{', '.join(sorted(known))}")
 
-        return confirm
+        return check
 
-    axes = [
-        xyz.AxisOption("[DaTo] Token method", str, _setter("method", _method),
-                       choices=lambda: [DISABLED] + [label for label, _ in METHOD_CHOICES]),
-        xyz.AxisOption("[DaTo] Token ratio", float, _setter("ratio", float), confirm=confirm_ratio),
-        xyz.AxisOption("[DaTo] Cache schedule", str, _setter("schedule"), confirm=confirm_schedule,
-                       choices=store.names),
-        xyz.AxisOption("[DaTo] Speed target", float, _setter("speed_target", float),
-                       confirm=confirm_named("speed_target")),
-        xyz.AxisOption("[DaTo] Adaptive threshold", float, _setter("adaptive", float),
-                       confirm=confirm_named("adaptive")),
-    ]
+    axes = []
+    for arg in ARGS:  # the table says which arguments are axes
+        if arg.xyz is None:
+            continue
+        if arg.name == "method":
+            axes.append(xyz.AxisOption(arg.xyz, str, _setter("method", _method),
+                                       choices=lambda: [DISABLED] + [label for label, _ in METHOD_CHOICES]))
+        elif arg.name == "schedule":
+            axes.append(xyz.AxisOption(arg.xyz, str, _setter("schedule"), confirm=confirm("schedule"),
+                                       choices=store.names))
+        else:
+            convert = type(arg.default)
+            axes.append(xyz.AxisOption(arg.xyz, convert, _setter(arg.name, convert), confirm=confirm(arg.name)))
     for axis in axes:
         axis.dato_axis = True
     xyz.axis_options.extend(axes)

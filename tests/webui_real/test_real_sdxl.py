@@ -99,7 +99,8 @@ def test_a_depth_the_sdxl_unet_lacks_is_refused_before_queueing(sdxl):
     answer = requests.post(sdxl + "/sdapi/v1/txt2img", json={**BASE, "width": 64, "height": 64, "alwayson_scripts":
                                                              {"dato": {"args": DEPTH_10}}}, timeout=60)
     assert answer.status_code == 422
-    assert answer.json()["detail"] == "sd-webui-dato: depth = 10 is deeper than the loaded model allows (0..8)"
+    assert answer.json()["detail"].startswith("sd-webui-dato: cache depth 10 is outside 0..8 for this SDXL (9-block) "
+                                              "UNet: depth = 10 (the uniform rule) is refused, not converted")
 
 
 def test_hires_fix_uses_the_schedule_on_both_passes(sdxl):

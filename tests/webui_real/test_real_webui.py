@@ -106,7 +106,7 @@ def test_bad_arguments_are_refused_with_422_before_queueing(webui):
     assert answer.status_code == 422 and "unknown argument(s) 'ratoi'" in answer.json()["detail"]
     answer = requests.post(webui + "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {
         "dato": {"args": [{"schedule": "uniform", "depth": 20}]}}}, timeout=120)
-    assert answer.status_code == 422 and "deeper than the loaded model allows (0..11)" in answer.json()["detail"]
+    assert answer.status_code == 422 and "cache depth 20 is outside 0..11" in answer.json()["detail"]
     answer = requests.post(webui + "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {
         "dato": {"args": [{"adaptive": 0.2, "speed_target": 3}]}}}, timeout=120)
     assert answer.status_code == 422 and "use one of the two" in answer.json()["detail"]

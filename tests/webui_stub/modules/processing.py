@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from modules import infotext_utils, scripts, sd_models, shared
-from modules.sd_samplers_cfg_denoiser import EulerSampler
+from modules import infotext_utils, scripts, sd_models, sd_samplers, shared
 from modules.shared import opts, state
 
 
@@ -108,6 +107,13 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     denoising_strength: float = 0.75
     hr_scale: float = 2.0
     hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str = None
+    hr_upscale_to_x: int = field(default=0, init=False)
+    hr_upscale_to_y: int = field(default=0, init=False)
+    truncate_x: int = field(default=0, init=False)
+    truncate_y: int = field(default=0, init=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -117,8 +123,29 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             if self.hr_second_pass_steps:
                 self.extra_generation_params["Hires steps"] = self.hr_second_pass_steps
 
+    def calculate_target_resolution(self):
+        """As the real one (called from ``init``, after the scripts' ``process``)."""
+        w, h = self.width, self.height
+        if self.hr_resize_x == 0 and self.hr_resize_y == 0:
+            self.hr_upscale_to_x, self.hr_upscale_to_y = int(w * self.hr_scale), int(h * self.hr_scale)
+        elif self.hr_resize_y == 0:
+            self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_x, self.hr_resize_x * h // w
+        elif self.hr_resize_x == 0:
+            self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_y * w // h, self.hr_resize_y
+        else:
+            if self.width / self.height < self.hr_resize_x / self.hr_resize_y:
+                self.hr_upscale_to_x = self.hr_resize_x
+                self.hr_upscale_to_y = self.hr_resize_x * self.height // self.width
+            else:
+                self.hr_upscale_to_x = self.hr_resize_y * self.width // self.height
+                self.hr_upscale_to_y = self.hr_resize_y
+            self.truncate_x = (self.hr_upscale_to_x - self.hr_resize_x) // 8
+            self.truncate_y = (self.hr_upscale_to_y - self.hr_resize_y) // 8
+
     def sample(self, conditioning, unconditional_conditioning):
-        self.sampler = EulerSampler()
+        if self.enable_hr:
+            self.calculate_target_resolution()
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.noise((4, self.height // 8, self.width // 8))
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(p=self, x=x, noise=x, c=conditioning,
@@ -132,9 +159,11 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if shared.state.interrupted:
             return samples
         self.is_hr_pass = True
-        self.sampler = EulerSampler()
-        size = (int(samples.shape[-2] * self.hr_scale), int(samples.shape[-1] * self.hr_scale))
+        self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
+        size = (self.hr_upscale_to_y // 8, self.hr_upscale_to_x // 8)  # latent upscale, then the real truncation
         samples = torch.nn.functional.interpolate(samples, size=size, mode="bilinear")
+        samples = samples[:, :, self.truncate_y // 2:samples.shape[2] - (self.truncate_y + 1) // 2,
+                          self.truncate_x // 2:samples.shape[3] - (self.truncate_x + 1) // 2]
         noise = self.noise(samples.shape[1:])
         sd_models.apply_token_merging(self.sd_model, self.get_token_merging_ratio(for_hr=True))
         if self.scripts is not None:
@@ -158,7 +187,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.extra_generation_params["Denoising strength"] = self.denoising_strength
 
     def sample(self, conditioning, unconditional_conditioning):
-        self.sampler = EulerSampler()
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.noise(self.init_latent.shape[1:])
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning,

@@ -57,6 +57,8 @@ class CFGDenoiser(torch.nn.Module):
 class EulerSampler:
     """A k-diffusion-style Euler sampler: ``launch_sampling`` sets steps/total_steps and swallows interrupts."""
 
+    second_order = False
+
     def __init__(self):
         self.model_wrap_cfg = CFGDenoiser(self)
         self.last_latent = None
@@ -66,8 +68,9 @@ class EulerSampler:
         self.model_wrap_cfg.step = 0
 
     def launch_sampling(self, steps, func):
+        """As the real one: ``total_steps`` is ``config.total_steps(steps)``, twice the steps when second order."""
         self.model_wrap_cfg.steps = steps
-        self.model_wrap_cfg.total_steps = steps
+        self.model_wrap_cfg.total_steps = steps * 2 if self.second_order else steps
         state.sampling_steps = steps
         state.sampling_step = 0
         try:
@@ -79,11 +82,14 @@ class EulerSampler:
     def sigmas(steps):
         return torch.linspace(8.0, 0.0, steps + 1)
 
+    def _step(self, x, sigmas, i, cond, uncond, cfg_scale):
+        sigma = sigmas[i].expand(x.shape[0])
+        denoised = self.model_wrap_cfg(x, sigma, uncond, cond, cfg_scale)
+        return x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+
     def _loop(self, x, sigmas, cond, uncond, cfg_scale):
         for i in range(len(sigmas) - 1):
-            sigma = sigmas[i].expand(x.shape[0])
-            denoised = self.model_wrap_cfg(x, sigma, uncond, cond, cfg_scale)
-            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            x = self._step(x, sigmas, i, cond, uncond, cfg_scale)
             self.last_latent = x
             state.sampling_step = i + 1
         return x
@@ -104,3 +110,55 @@ class EulerSampler:
         self.last_latent = x
         return self.launch_sampling(t_enc + 1, lambda: self._loop(xi, sigma_sched, conditioning,
                                                                   unconditional_conditioning, p.cfg_scale))
+
+
+class HeunSampler(EulerSampler):
+    """k-diffusion's ``sample_heun``: a second model call per step, except where the next sigma is 0."""
+
+    second_order = True
+
+    def _step(self, x, sigmas, i, cond, uncond, cfg_scale):
+        sigma = sigmas[i].expand(x.shape[0])
+        denoised = self.model_wrap_cfg(x, sigma, uncond, cond, cfg_scale)
+        d = (x - denoised) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            return x + d * dt
+        x_2 = x + d * dt
+        denoised_2 = self.model_wrap_cfg(x_2, sigmas[i + 1].expand(x.shape[0]), uncond, cond, cfg_scale)
+        return x + (d + (x_2 - denoised_2) / sigmas[i + 1]) / 2 * dt
+
+
+class TimestepsSampler(EulerSampler):
+    """The WebUI's CompVis-style DDIM (``sd_samplers_timesteps``): timesteps ``range(0, 1000, 1000 // steps) + 1``,
+    one model call per timestep but the first (``len(timesteps) - 1`` loop turns), whatever ``launch_sampling``
+    is told; img2img runs on ``timesteps[:t_enc]``. The step here is a simple deterministic update."""
+
+    @staticmethod
+    def timesteps(steps):
+        return torch.clip(torch.arange(0, 1000, max(1, 1000 // steps)) + 1, 0, 999)
+
+    def _turns(self, x, timesteps, cond, uncond, cfg_scale):
+        for i in range(len(timesteps) - 1):
+            index = len(timesteps) - 1 - i
+            t = timesteps[index].float().expand(x.shape[0])
+            denoised = self.model_wrap_cfg(x, t, uncond, cond, cfg_scale)
+            x = 0.9 * x + 0.1 * denoised
+            self.last_latent = x
+            state.sampling_step = i + 1
+        return x
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None):
+        steps = steps or p.steps
+        self.initialize(p)
+        self.last_latent = x
+        return self.launch_sampling(steps, lambda: self._turns(x, self.timesteps(steps), conditioning,
+                                                               unconditional_conditioning, p.cfg_scale))
+
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None):
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
+        timesteps = self.timesteps(max(steps, 1))[:t_enc]
+        self.initialize(p)
+        self.last_latent = x
+        return self.launch_sampling(t_enc + 1, lambda: self._turns(x + noise, timesteps, conditioning,
+                                                                   unconditional_conditioning, p.cfg_scale))

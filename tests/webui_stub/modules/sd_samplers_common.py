@@ -1,6 +1,18 @@
-"""Stand-in for ``modules/sd_samplers_common.py`` (v1.10.1): the interrupt exception and img2img step count."""
+"""Stand-in for ``modules/sd_samplers_common.py`` (v1.10.1): sampler data, the interrupt exception and the img2img
+step count."""
+
+from collections import namedtuple
 
 from modules import shared
+
+SamplerDataTuple = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
+
+
+class SamplerData(SamplerDataTuple):
+    def total_steps(self, steps):
+        if self.options.get("second_order", False):
+            steps = steps * 2
+        return steps
 
 
 class InterruptedException(BaseException):
